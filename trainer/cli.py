@@ -1,0 +1,151 @@
+"""The `vft` console script. Each subcommand parses its arguments and calls one function.
+
+Exit codes: 0 success, 1 run failed, 2 bad usage or invalid config/input.
+"""
+
+from __future__ import annotations
+
+import logging
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Fine-tune, sweep, export and serve vision models."
+)
+data_app = typer.Typer(no_args_is_help=True, help="Generate example datasets.")
+app.add_typer(data_app, name="data")
+out = Console()
+err = Console(stderr=True)
+
+
+class Task(str, Enum):
+    classification = "classification"
+
+
+class Listing(str, Enum):
+    models = "models"
+    optimizers = "optimizers"
+    schedulers = "schedulers"
+    losses = "losses"
+    tasks = "tasks"
+
+
+def fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def input_errors() -> tuple[type[Exception], ...]:
+    from trainer.config import ConfigError
+    from trainer.data import DataError
+    from trainer.images import BadImageError
+    from trainer.models import WeightsError
+
+    return ConfigError, DataError, BadImageError, WeightsError
+
+
+@data_app.command("digits")
+def data_digits(
+    out_dir: Annotated[Path, typer.Option("--out", help="output folder")],
+    size: Annotated[int, typer.Option(help="image side in pixels")] = 32,
+) -> None:
+    """scikit-learn's real handwritten digits, in the ImageFolder layout (train/ and val/)."""
+    from trainer.generate import digits
+
+    counts = digits(out_dir, size=size)
+    out.print(f"wrote {counts['train']} train and {counts['val']} val digits to {out_dir}")
+
+
+@data_app.command("shapes")
+def data_shapes(
+    out_dir: Annotated[Path, typer.Option("--out", help="output folder")],
+    task: Annotated[Task, typer.Option(help="what the labels describe")] = Task.classification,
+    n_train: Annotated[int, typer.Option(min=1)] = 400,
+    n_val: Annotated[int, typer.Option(min=1)] = 100,
+    size: Annotated[int, typer.Option(min=16)] = 64,
+    seed: int = 0,
+) -> None:
+    """Generated shapes on textured backgrounds."""
+    from trainer.generate import shapes_classification
+
+    counts = shapes_classification(out_dir, n_train, n_val, size, seed)
+    out.print(f"wrote {counts['train']} train and {counts['val']} val images ({task.value}) to {out_dir}")
+
+
+@app.command()
+def validate(
+    config: Path, overrides: Annotated[list[str] | None, typer.Argument(help="dotted.key=value")] = None
+) -> None:
+    """Print the resolved config, or the errors (exit code 2)."""
+    from trainer.config import load_config, to_yaml
+
+    try:
+        cfg = load_config(config, overrides or [])
+    except input_errors() as exc:
+        fail(str(exc))
+    out.print(to_yaml(cfg), highlight=False, end="")
+
+
+@app.command("ls")
+def list_components(what: Listing, pattern: Annotated[str | None, typer.Argument()] = None) -> None:
+    """List registered names: models (timm and torchvision), optimizers, schedulers, losses, tasks."""
+    from trainer import registry
+
+    if what == Listing.models:
+        from trainer.models import list_models, model_sources
+
+        table = Table("model", "source")
+        names = list_models(pattern)
+        for name in names:
+            table.add_row(name, ", ".join(model_sources(name)))
+        out.print(table)
+        out.print(f"{len(names)} models")
+        return
+    names = getattr(registry, f"list_{what.value}")(pattern)
+    for name in names:
+        out.print(name, highlight=False)
+
+
+@app.command()
+def train(
+    config: Path,
+    overrides: Annotated[list[str] | None, typer.Argument(help="dotted.key=value")] = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: local cluster)")] = None,
+    name: Annotated[str | None, typer.Option(help="run name (default: the config file's name)")] = None,
+    quiet: Annotated[bool, typer.Option(help="no live progress")] = False,
+) -> None:
+    """Fine-tune on a Ray cluster; resumes RUN_DIR if it holds a checkpoint."""
+    from trainer.config import load_config
+    from trainer.data import read_samples
+    from trainer.run import RunFailed, run_dir_of, summary_table
+    from trainer.run import train as run_training
+
+    try:
+        cfg = load_config(config, overrides or [], name=name)
+        read_samples(cfg.data.train, cfg.data.format)  # fail fast on an unusable dataset
+        if cfg.data.val:
+            read_samples(cfg.data.val, cfg.data.format)
+    except input_errors() as exc:
+        fail(str(exc))
+    logging.basicConfig(level=logging.WARNING)
+    err.print(f"run dir: {run_dir_of(cfg)}")
+    try:
+        summary = run_training(cfg, address=address, quiet=quiet)
+    except RunFailed as exc:
+        if isinstance(exc.worker_error, input_errors()):
+            fail(str(exc.worker_error), 2)
+        fail(f"training failed: {exc}", 1)
+    out.print(summary_table(summary, cfg))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

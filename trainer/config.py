@@ -1,0 +1,351 @@
+"""The one typed config tree: pydantic models, YAML loading, dotted overrides, error formatting.
+
+Only builder functions read this tree; components take plain typed arguments.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from trainer import registry
+
+
+class ConfigError(Exception):
+    """An invalid config: each line names a dotted field and what is allowed (CLI exit code 2)."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _check_name(kind: str, name: str, choices: list[str]) -> str:
+    if name in choices:
+        return name
+    close = difflib.get_close_matches(name, choices, n=5)
+    hint = f"did you mean {', '.join(close)}?" if close else f"see `vft ls {kind}`"
+    allowed = ", ".join(choices) if len(choices) <= 12 else hint
+    raise ValueError(f"unknown {kind[:-1]} '{name}'; allowed: {allowed}")
+
+
+class ModelConfig(_Strict):
+    name: str = "resnet18"
+    source: Literal["auto", "timm", "torchvision"] = "auto"
+    weights: str = Field("none", description="none | hub | path to .safetensors/.pth | previous RUN_DIR")
+    drop_rate: float = Field(0.0, ge=0.0, lt=1.0)
+    drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _known_model(self) -> ModelConfig:
+        from trainer import models
+
+        if models.resolve_source(self.name, self.source) is None:
+            where = "timm or torchvision" if self.source == "auto" else self.source
+            close = difflib.get_close_matches(self.name, models.list_models(), n=5)
+            hint = f"; did you mean {', '.join(close)}?" if close else "; see `vft ls models`"
+            raise ValueError(f"name: unknown {where} model '{self.name}'{hint}")
+        return self
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_exist(cls, value: str) -> str:
+        if value in ("none", "hub"):
+            return value
+        path = Path(value).expanduser()
+        if not path.exists():
+            raise ValueError(f"'{value}' is neither none, hub, nor an existing file or RUN_DIR")
+        if path.is_file() and path.suffix not in (".safetensors", ".pth", ".pt", ".bin"):
+            raise ValueError(f"'{value}': weights files must be .safetensors, .pth, .pt or .bin")
+        return str(path.resolve())
+
+
+class AugmentConfig(_Strict):
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    hflip: float = Field(0.5, ge=0.0, le=1.0)
+    vflip: float = Field(0.0, ge=0.0, le=1.0)
+    rotation: float = Field(0.0, ge=0.0, le=180.0, description="max degrees")
+    color_jitter: float = Field(0.0, ge=0.0, le=1.0)
+    auto_augment: Literal["none", "randaugment", "trivialaugment"] = "none"
+    randaugment_ops: int = Field(2, ge=1)
+    randaugment_magnitude: int = Field(9, ge=0, le=30)
+    random_erasing: float = Field(0.0, ge=0.0, le=1.0)
+    mixup_alpha: float = Field(0.0, ge=0.0)
+    cutmix_alpha: float = Field(0.0, ge=0.0)
+
+    @field_validator("scale", "ratio")
+    @classmethod
+    def _ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < value[0] <= value[1]:
+            raise ValueError(f"need 0 < low <= high, got {list(value)}")
+        return value
+
+
+class DataConfig(_Strict):
+    train: str = Field(description="ImageFolder directory or CSV manifest (path,label)")
+    val: str | None = None
+    format: Literal["auto", "imagefolder", "csv"] = "auto"
+    val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    split_seed: int = 0
+    batch_size: int = Field(32, ge=1, description="per worker")
+    num_workers: int = Field(2, ge=0, description="DataLoader processes per Ray worker")
+    img_size: int | None = Field(None, ge=8)
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    interpolation: Literal["bilinear", "bicubic", "nearest"] | None = None
+    crop_pct: float | None = Field(None, gt=0.0, le=1.0)
+    augment: AugmentConfig = AugmentConfig()
+    balanced_sampling: bool = False
+    multilabel: bool = False
+    skip_bad_images: bool = False
+    max_image_pixels: int = Field(89_478_485, ge=1)
+
+    @field_validator("train", "val")
+    @classmethod
+    def _exists(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        path = Path(value).expanduser()
+        if not path.exists():
+            raise ValueError(f"path '{value}' does not exist")
+        return str(path.resolve())  # workers run elsewhere: pass absolute paths
+
+
+class UnfreezeStage(_Strict):
+    epoch: int = Field(ge=1, description="epoch (0-based) at which this stage starts")
+    blocks: int | Literal["all"] = Field(description="how many more blocks to unfreeze, top first")
+    lr_mult: float = Field(1.0, gt=0.0)
+
+    @field_validator("blocks")
+    @classmethod
+    def _positive(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be >= 1 or 'all'")
+        return value
+
+
+class FinetuneConfig(_Strict):
+    strategy: Literal["full", "linear_probe", "gradual"] = "full"
+    unfreeze: list[UnfreezeStage] = []
+    layer_decay: float | None = Field(None, gt=0.0, le=1.0)
+    head_lr_mult: float = Field(1.0, gt=0.0)
+
+    @model_validator(mode="after")
+    def _schedule_fits_strategy(self) -> FinetuneConfig:
+        if self.strategy == "gradual":
+            if not self.unfreeze:
+                raise ValueError("unfreeze: strategy 'gradual' needs at least one stage")
+            epochs = [s.epoch for s in self.unfreeze]
+            if epochs != sorted(set(epochs)):
+                raise ValueError(f"unfreeze: stage epochs must be strictly increasing, got {epochs}")
+        elif self.unfreeze:
+            raise ValueError(f"unfreeze: only used by strategy 'gradual', not '{self.strategy}'")
+        return self
+
+
+class OptimConfig(_Strict):
+    name: str = "adamw"
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(0.05, ge=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    nesterov: bool = False
+    betas: tuple[float, float] | None = None
+    eps: float | None = Field(None, gt=0.0)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        return _check_name("optimizers", value, registry.list_optimizers())
+
+
+class ScheduleConfig(_Strict):
+    name: str = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0.0)
+    warmup_steps: int = Field(0, ge=0, description="overrides warmup_epochs when > 0")
+    warmup_start_factor: float = Field(0.01, gt=0.0, le=1.0)
+    min_lr: float = Field(0.0, ge=0.0)
+    step_epochs: int = Field(30, ge=1, description="step: decay every N epochs")
+    milestones: list[int] = [30, 60]
+    gamma: float = Field(0.1, gt=0.0, le=1.0, description="step/multistep/plateau decay factor")
+    plateau_patience: int = Field(2, ge=0)
+    pct_start: float = Field(0.3, gt=0.0, lt=1.0, description="onecycle warm phase")
+    cycle_epochs: float = Field(2.0, gt=0.0, description="cyclic: length of one up+down cycle")
+    cyclic_base_factor: float = Field(0.1, gt=0.0, le=1.0)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        return _check_name("schedulers", value, registry.list_schedulers())
+
+
+class LossConfig(_Strict):
+    name: str = "auto"
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    focal_gamma: float = Field(2.0, ge=0.0)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        return _check_name("losses", value, ["auto", *registry.list_losses()])
+
+
+class EarlyStoppingConfig(_Strict):
+    enabled: bool = False
+    patience: int = Field(5, ge=1)
+    min_delta: float = Field(0.0, ge=0.0)
+
+
+class EmaConfig(_Strict):
+    enabled: bool = False
+    decay: float = Field(0.9998, gt=0.0, lt=1.0)
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(10, ge=1)
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    channels_last: bool = False
+    compile: bool = False
+    grad_clip: float | None = Field(None, gt=0.0)
+    accum_steps: int = Field(1, ge=1)
+    monitor: str | None = Field(None, description="metric for best checkpoint and early stopping")
+    mode: Literal["max", "min"] | None = None
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    ema: EmaConfig = EmaConfig()
+    sync_bn: bool = False
+    seed: int = 0
+
+
+class ScalingSection(_Strict):
+    num_workers: int = Field(2, ge=1)
+    use_gpu: bool | Literal["auto"] = "auto"
+    cpus_per_worker: float = Field(1.0, gt=0.0)
+    gpus_per_worker: float = Field(1.0, gt=0.0)
+
+
+class RunSection(_Strict):
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    storage: str = "runs"
+    keep_checkpoints: int = Field(2, ge=1)
+    max_failures: int = Field(0, ge=-1)
+
+
+class VftConfig(_Strict):
+    task: str = "classification"
+    model: ModelConfig = ModelConfig()
+    data: DataConfig
+    finetune: FinetuneConfig = FinetuneConfig()
+    optim: OptimConfig = OptimConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    loss: LossConfig = LossConfig()
+    train: TrainConfig = TrainConfig()
+    scaling: ScalingSection = ScalingSection()
+    run: RunSection = RunSection()
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, value: str) -> str:
+        return _check_name("tasks", value, registry.list_tasks())
+
+    @model_validator(mode="after")
+    def _resolve_monitor(self) -> VftConfig:
+        from trainer.metrics import metric_names
+
+        names = metric_names(self.data.multilabel)
+        monitor = self.train.monitor or ("val/map" if self.data.multilabel else "val/top1")
+        if monitor not in names:
+            raise ValueError(f"train.monitor: unknown metric '{monitor}'; allowed: {', '.join(names)}")
+        mode = self.train.mode or ("min" if monitor.endswith("loss") else "max")
+        if (self.train.monitor, self.train.mode) != (monitor, mode):
+            self.train = self.train.model_copy(update={"monitor": monitor, "mode": mode})
+        if self.loss.name == "bce" and not self.data.multilabel:
+            raise ValueError("loss.name: 'bce' needs data.multilabel=true (use cross_entropy otherwise)")
+        return self
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """`a.b=1 a.c=[1,2]` -> {"a": {"b": 1, "c": [1, 2]}}; values are YAML scalars/lists."""
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"override '{item}': expected dotted.key=value")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override '{item}': value is not valid YAML ({exc})") from exc
+        node = tree
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}': '{part}' is not a section")
+        node[leaf] = value
+    return tree
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def format_errors(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        path = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (typo?)"
+        elif err["type"] == "missing":
+            msg = "required field is missing"
+        lines.append(f"{path}: {msg}" if path else msg)
+    return "\n".join(lines)
+
+
+def build_config(raw: dict[str, Any]) -> VftConfig:
+    try:
+        return VftConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_errors(exc)) from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    return raw
+
+
+def load_config(path: str | Path, overrides: list[str] = (), name: str | None = None) -> VftConfig:
+    """Load YAML, apply `dotted.key=value` overrides, validate. The run name defaults to the
+    config file's stem, so running the same config again resumes the same RUN_DIR."""
+    raw = merge(read_yaml(path), parse_overrides(list(overrides)))
+    if name:
+        raw = merge(raw, {"run": {"name": name}})
+    raw.setdefault("run", {}).setdefault("name", Path(path).stem)
+    return build_config(raw)
+
+
+def to_yaml(cfg: VftConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def save_config(cfg: VftConfig, path: str | Path) -> None:
+    Path(path).write_text(to_yaml(cfg))

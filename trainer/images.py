@@ -1,0 +1,65 @@
+"""Bounded image decoding, shared by training, evaluation and serving.
+
+The pixel count is checked from the header before the full decode, and Pillow's
+decompression-bomb warning is an error, so a hostile file cannot exhaust memory.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own default bound
+
+
+class BadImageError(ValueError):
+    """An image that cannot be used; the message names the file."""
+
+
+class ImageTooLargeError(BadImageError):
+    pass
+
+
+def open_image(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None):
+    """Decode `source` (a path or raw bytes) to an RGB PIL image, or raise BadImageError."""
+    label = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
+    fp = io.BytesIO(source) if isinstance(source, bytes) else source
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(fp) as img:
+                width, height = img.size
+                if width * height > max_pixels:
+                    raise ImageTooLargeError(
+                        f"{label}: {width}x{height} = {width * height} pixels exceeds the limit {max_pixels}"
+                    )
+                img = ImageOps.exif_transpose(img)
+                return to_rgb(img)
+    except BadImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLargeError(f"{label}: too many pixels ({exc})") from None
+    except FileNotFoundError:
+        raise BadImageError(f"{label}: file not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise BadImageError(f"{label}: cannot decode image ({exc})") from None
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """RGB for any mode: palette, grey, 16-bit grey (I;16), CMYK, with alpha on white."""
+    if img.mode == "RGB":
+        img.load()
+        return img
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        wide = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray(np.clip(wide / 257.0, 0, 255).astype(np.uint8), mode="L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, (255, 255, 255))
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    return img.convert("RGB")

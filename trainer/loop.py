@@ -1,0 +1,500 @@
+"""The training loop: `train_worker` is the Ray Train worker function that TorchTrainer runs on
+each of N workers (DDP; gloo on CPU, NCCL on GPU). Build once, then per epoch: set the
+fine-tuning stage, train, evaluate, checkpoint, report."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from trainer import checkpoint as ckpt
+from trainer.config import VftConfig
+from trainer.data import ImageDataset, class_names, make_loader, read_samples, split_samples
+from trainer.finetune import (
+    Stage,
+    apply_trainable,
+    freeze_frozen_batchnorm,
+    param_groups,
+    param_layout,
+    trainable_names,
+)
+from trainer.losses import create_loss
+from trainer.metrics import ClassificationMetrics
+from trainer.models import BuiltModel, create_model
+from trainer.optim import create_optimizer
+from trainer.preprocess import (
+    Preprocessing,
+    batch_mix,
+    eval_transform,
+    resolve_preprocessing,
+    train_transform,
+)
+from trainer.progress import WorkerProgress
+from trainer.runlog import write_metrics_csv
+from trainer.schedules import LrSchedule, ScheduleSpec, create_schedule
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite: the run (or sweep trial) stops here."""
+
+
+# ----------------------------------------------------------------------------- precision
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`auto`: bf16 on Ampere or newer GPUs, fp16 on older GPUs, fp32 on CPU."""
+    if precision != "auto":
+        return precision
+    if device.type != "cuda":
+        return "fp32"
+    return "bf16" if torch.cuda.get_device_capability(device)[0] >= 8 else "fp16"
+
+
+def autocast(precision: str, device: torch.device):
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------- one step
+
+
+class TrainStep:
+    """Forward, backward and (every `accum_steps` micro-batches) the optimizer step with
+    gradient clipping, the GradScaler for fp16, the LR schedule and the EMA update."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        criterion: nn.Module,
+        device,
+        precision: str = "fp32",
+        channels_last: bool = False,
+        accum_steps: int = 1,
+        grad_clip: float | None = None,
+        schedule: LrSchedule | None = None,
+        ema=None,
+    ):
+        self.forward_model, self.optimizer, self.criterion = model, optimizer, criterion
+        self.device, self.precision, self.accum_steps = device, precision, accum_steps
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.grad_clip, self.schedule, self.ema = grad_clip, schedule, ema
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+        self.updates = 0
+
+    def __call__(self, images: torch.Tensor, targets: torch.Tensor, update: bool = True) -> torch.Tensor:
+        images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
+        targets = targets.to(self.device, non_blocking=True)
+        model = self.forward_model
+        sync = contextlib.nullcontext() if update or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with autocast(self.precision, self.device):
+                loss = self.criterion(model(images), targets)
+            self.scaler.scale(loss / self.accum_steps).backward()
+        if update:
+            self._optimizer_step()
+        return loss.detach()
+
+    def _optimizer_step(self) -> None:
+        if self.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.updates += 1
+        if self.schedule is not None:
+            self.schedule.step_update()
+        if self.ema is not None:
+            self.ema.update(_unwrap(self.forward_model), step=self.updates)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    model = getattr(model, "_orig_mod", model)
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+# ----------------------------------------------------------------------------- the job
+
+
+@dataclass
+class Job:
+    cfg: VftConfig
+    rank: int
+    world: int
+    device: torch.device
+    precision: str
+    classes: list[str]
+    prep: Preprocessing
+    built: BuiltModel
+    train_loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader
+    step: TrainStep
+    metrics: ClassificationMetrics
+    stages: list[Stage]
+    layout: object
+    trainable: set[str] = field(default_factory=set)
+    history: list[dict] = field(default_factory=list)
+    best: dict = field(default_factory=dict)
+    bad_epochs: int = 0
+    start_epoch: int = 0
+
+    @property
+    def model(self) -> nn.Module:
+        return self.built.module
+
+
+def build_data(cfg: VftConfig, prep: Preprocessing | None = None):
+    """Samples, classes and the train/val split (stratified and seeded when no val set)."""
+    d = cfg.data
+    train_samples = read_samples(d.train, d.format)
+    if d.val:
+        val_samples = read_samples(d.val, d.format)
+    else:
+        train_samples, val_samples = split_samples(
+            train_samples, d.val_fraction, d.split_seed, stratify=not d.multilabel
+        )
+    return train_samples, val_samples, class_names(train_samples)
+
+
+def build_model(cfg: VftConfig, num_classes: int) -> BuiltModel:
+    m = cfg.model
+    return create_model(m.name, num_classes, m.source, m.weights, m.drop_rate, m.drop_path_rate)
+
+
+def build_preprocessing(cfg: VftConfig, built: BuiltModel) -> Preprocessing:
+    d = cfg.data
+    return resolve_preprocessing(built.data_defaults, d.img_size, d.mean, d.std, d.interpolation, d.crop_pct)
+
+
+def build_job(cfg: VftConfig, rank: int, world: int, device: torch.device) -> Job:
+    d, t = cfg.data, cfg.train
+    train_samples, val_samples, classes = build_data(cfg)
+    built = build_model(cfg, len(classes))
+    prep = build_preprocessing(cfg, built)
+    precision = resolve_precision(t.precision, device)
+    model = built.module
+    if t.sync_bn and world > 1:
+        model = built.module = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(device, memory_format=torch.channels_last if t.channels_last else torch.contiguous_format)
+
+    common = {"multilabel": d.multilabel, "max_pixels": d.max_image_pixels, "skip_bad": d.skip_bad_images}
+    train_ds = ImageDataset(train_samples, classes, train_transform(prep, d.augment), **common)
+    val_ds = ImageDataset(val_samples, classes, eval_transform(prep), **common)
+    pin = device.type == "cuda"
+    mix = None if d.multilabel else batch_mix(d.augment, len(classes))
+    train_loader = make_loader(
+        train_ds,
+        d.batch_size,
+        d.num_workers,
+        rank,
+        world,
+        train=True,
+        seed=t.seed,
+        balanced=d.balanced_sampling,
+        mix=mix,
+        pin_memory=pin,
+    )
+    val_loader = make_loader(val_ds, d.batch_size, d.num_workers, rank, world, train=False, pin_memory=pin)
+
+    f, o = cfg.finetune, cfg.optim
+    stages = [Stage(s.epoch, s.blocks, s.lr_mult) for s in f.unfreeze]
+    layout = param_layout(built)
+    groups = param_groups(
+        model, layout, f.strategy, stages, o.lr, o.weight_decay, f.layer_decay, f.head_lr_mult
+    )
+    optimizer = create_optimizer(groups, o.name, o.lr, o.weight_decay, o.momentum, o.nesterov, o.betas, o.eps)
+    steps_per_epoch = math.ceil(len(train_loader) / t.accum_steps)
+    s = cfg.schedule
+    warmup = s.warmup_steps or round(s.warmup_epochs * steps_per_epoch)
+    spec = ScheduleSpec(
+        total_steps=steps_per_epoch * t.epochs,
+        steps_per_epoch=steps_per_epoch,
+        warmup_steps=warmup,
+        warmup_start_factor=s.warmup_start_factor,
+        min_lr=s.min_lr,
+        step_epochs=s.step_epochs,
+        milestones=tuple(s.milestones),
+        gamma=s.gamma,
+        plateau_patience=s.plateau_patience,
+        pct_start=s.pct_start,
+        cycle_epochs=s.cycle_epochs,
+        cyclic_base_factor=s.cyclic_base_factor,
+        mode=t.mode or "max",
+    )
+    schedule = create_schedule(s.name, optimizer, spec)
+    ema = None
+    if t.ema.enabled:
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(model, decay=t.ema.decay, device=device)
+    criterion = create_loss(cfg.loss.name, d.multilabel, cfg.loss.label_smoothing, cfg.loss.focal_gamma)
+    step = TrainStep(
+        model,
+        optimizer,
+        criterion,
+        device,
+        precision,
+        t.channels_last,
+        t.accum_steps,
+        t.grad_clip,
+        schedule,
+        ema,
+    )
+    metrics = ClassificationMetrics(len(classes), d.multilabel, device)
+    return Job(
+        cfg,
+        rank,
+        world,
+        device,
+        precision,
+        classes,
+        prep,
+        built,
+        train_loader,
+        val_loader,
+        step,
+        metrics,
+        stages,
+        layout,
+    )
+
+
+def set_stage(job: Job, epoch: int) -> None:
+    """Freeze/unfreeze for this epoch; re-wrap DDP (and compile) when the trainable set changes,
+    since DDP registers gradient hooks only for parameters that train when it is built."""
+    f = job.cfg.finetune
+    names = trainable_names(job.layout, f.strategy, job.stages, epoch)
+    if names == job.trainable:
+        return
+    job.trainable = names
+    apply_trainable(job.model, names)
+    wrapped: nn.Module = job.model
+    if job.world > 1:
+        ids = [job.device.index] if job.device.type == "cuda" else None
+        wrapped = DistributedDataParallel(job.model, device_ids=ids)
+    if job.cfg.train.compile:
+        wrapped = torch.compile(wrapped)
+    job.step.forward_model = wrapped
+
+
+# ----------------------------------------------------------------------------- epochs
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def train_one_epoch(job: Job, epoch: int, progress: WorkerProgress) -> dict:
+    job.model.train()
+    freeze_frozen_batchnorm(job.model)
+    sampler = job.train_loader.sampler
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
+    accum, steps = job.cfg.train.accum_steps, len(job.train_loader)
+    loss_sum = torch.zeros((), device=job.device)
+    seen, skipped, start = 0, 0, time.perf_counter()
+    for i, (images, targets, n_skipped) in enumerate(job.train_loader):
+        skipped += n_skipped
+        if images is None:
+            continue
+        loss = job.step(images, targets, update=(i + 1) % accum == 0 or i + 1 == steps)
+        loss_sum += loss * images.shape[0]
+        seen += images.shape[0]
+        if progress.due():
+            value = float(loss)
+            if not math.isfinite(value):
+                raise NonFiniteLossError(f"loss is {value} at epoch {epoch + 1}, step {i + 1}")
+            elapsed = time.perf_counter() - start
+            progress.step(
+                epoch=epoch + 1,
+                epochs=job.cfg.train.epochs,
+                step=i + 1,
+                steps=steps,
+                loss=value,
+                img_s=seen * job.world / max(elapsed, 1e-9),
+            )
+    elapsed = time.perf_counter() - start
+    totals = torch.tensor([float(loss_sum), seen, skipped], dtype=torch.float64, device=job.device)
+    if job.world > 1:
+        dist.all_reduce(totals)
+    loss_total, seen_total, skipped_total = totals.tolist()
+    if not math.isfinite(loss_total):
+        raise NonFiniteLossError(f"loss is not finite in epoch {epoch + 1}")
+    return {
+        "train/loss": loss_total / max(seen_total, 1),
+        "train/img_s": seen_total / max(elapsed, 1e-9),
+        "data/skipped_images": int(skipped_total),
+    }
+
+
+@torch.inference_mode()
+def evaluate(job: Job) -> tuple[dict, dict]:
+    model = job.step.ema.module if job.step.ema is not None else job.model
+    model.eval()
+    job.metrics.reset()
+    fmt = job.step.memory_format
+    for images, targets, _ in job.val_loader:
+        if images is None:
+            continue
+        images = images.to(job.device, non_blocking=True, memory_format=fmt)
+        targets = targets.to(job.device, non_blocking=True)
+        with autocast(job.precision, job.device):
+            logits = model(images)
+        job.metrics.update(logits, targets, job.step.criterion(logits.float(), targets))
+    return job.metrics.compute("val/")
+
+
+def improved(job: Job, value: float, min_delta: float = 0.0) -> bool:
+    if not job.best:
+        return True
+    best = job.best["value"]
+    return value > best + min_delta if job.cfg.train.mode == "max" else value < best - min_delta
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def model_meta(job: Job, metrics: dict, epoch: int) -> dict:
+    c = job.cfg
+    return ckpt.build_meta(
+        task=c.task,
+        classes=job.classes,
+        multilabel=c.data.multilabel,
+        model={
+            "name": job.built.name,
+            "source": job.built.source,
+            "head": list(job.built.head),
+            "drop_rate": c.model.drop_rate,
+            "drop_path_rate": c.model.drop_path_rate,
+            "weights": c.model.weights,
+            "ema": c.train.ema.enabled,
+        },
+        preprocessing=job.prep.to_meta(),
+        metrics=metrics,
+        epoch=epoch,
+        monitor={"metric": c.train.monitor, "mode": c.train.mode, "value": metrics.get(c.train.monitor)},
+    )
+
+
+def training_state(job: Job, epoch: int) -> dict:
+    step = job.step
+    state = {
+        "epoch": epoch,
+        "optimizer": step.optimizer.state_dict(),
+        "schedule": step.schedule.state_dict(),
+        "scaler": step.scaler.state_dict(),
+        "updates": step.updates,
+        "rng": ckpt.rng_state(),
+        "history": job.history,
+        "best": job.best,
+        "bad_epochs": job.bad_epochs,
+    }
+    if step.ema is not None:
+        state["model"] = job.model.state_dict()  # model.safetensors holds the EMA weights
+        state["ema"] = step.ema.state_dict()
+    return state
+
+
+def restore(job: Job, directory: str) -> None:
+    from safetensors.torch import load_file
+
+    state = ckpt.read_state(directory)
+    weights = load_file(f"{directory}/{ckpt.MODEL_FILE}")
+    job.model.load_state_dict(state.get("model", weights))
+    if job.step.ema is not None:
+        job.step.ema.load_state_dict(state["ema"])
+    # the optimizer's param groups only exist for parameters that will ever train
+    job.step.optimizer.load_state_dict(state["optimizer"])
+    job.step.schedule.load_state_dict(state["schedule"])
+    job.step.scaler.load_state_dict(state["scaler"])
+    job.step.updates = state["updates"]
+    job.history, job.best, job.bad_epochs = state["history"], state["best"], state["bad_epochs"]
+    job.start_epoch = state["epoch"]
+    ckpt.set_rng_state(state["rng"])
+
+
+def save_epoch(job: Job, epoch: int, record: dict, tables: dict, is_best: bool, run_dir: str) -> str:
+    """Rank 0: write the checkpoint to a local folder, publish it as RUN_DIR/last (and
+    RUN_DIR/best), rewrite metrics.csv. Returns the local folder for ray.train.report."""
+    local = tempfile.mkdtemp(prefix="vft-ckpt-")
+    weights = (job.step.ema.module if job.step.ema is not None else job.model).state_dict()
+    metrics = {k: v for k, v in record.items() if k not in ("epoch", "time")}
+    meta = model_meta(job, {**metrics, **tables}, epoch)
+    ckpt.write_checkpoint(local, weights, meta, training_state(job, epoch))
+    ckpt.publish(local, ckpt.join(run_dir, "last"))
+    if is_best:
+        ckpt.publish(local, ckpt.join(run_dir, "best"))
+    write_metrics_csv(ckpt.join(run_dir, "metrics.csv"), job.history)
+    return local
+
+
+# ----------------------------------------------------------------------------- worker entry
+
+
+def train_worker(loop_config: dict) -> None:
+    """Ray Train worker function (TorchTrainer's train_loop_per_worker)."""
+    cfg = VftConfig.model_validate(loop_config["config"])
+    run_dir = loop_config["run_dir"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    seed_everything(cfg.train.seed + rank)
+    job = build_job(cfg, rank, world, device)
+    resume = ray.train.get_checkpoint()
+    if resume is not None:
+        with resume.as_directory() as directory:
+            restore(job, directory)
+    progress = WorkerProgress(loop_config.get("board") if rank == 0 else None)
+    t = cfg.train
+    for epoch in range(job.start_epoch, t.epochs):
+        seed_everything(t.seed + 1000 * epoch + rank)
+        set_stage(job, epoch)
+        start = time.perf_counter()
+        record = {"epoch": epoch + 1, **train_one_epoch(job, epoch, progress)}
+        scalars, tables = evaluate(job)
+        record.update(scalars)
+        record["lr"] = max(g["lr"] for g in job.step.optimizer.param_groups)
+        record["time"] = time.perf_counter() - start
+        value = record[t.monitor]
+        job.step.schedule.step_epoch(value)
+        is_best = improved(job, value)
+        if improved(job, value, t.early_stopping.min_delta):
+            job.bad_epochs = 0
+        else:
+            job.bad_epochs += 1
+        if is_best:
+            job.best = {"value": value, "epoch": epoch + 1}
+        job.history.append(record)
+        stop = t.early_stopping.enabled and job.bad_epochs >= t.early_stopping.patience
+        report = {**record, "best/value": job.best["value"], "best/epoch": job.best["epoch"], "stopped": stop}
+        checkpoint = None
+        if rank == 0:
+            local = save_epoch(job, epoch + 1, record, tables, is_best, run_dir)
+            checkpoint = ray.train.Checkpoint.from_directory(local)
+            progress.epoch({**report, "tables": tables})
+        ray.train.report(
+            report,
+            checkpoint=checkpoint,
+            checkpoint_dir_name=f"checkpoint_epoch_{epoch + 1:04d}",
+            delete_local_checkpoint_after_upload=True,
+        )
+        if stop:
+            break

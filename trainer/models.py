@@ -1,0 +1,239 @@
+"""Models by registered name: every timm model and every torchvision classification model.
+
+Weights come from `none`, `hub` (timm's pretrained tag through the Hugging Face hub, or the
+torchvision weights enum through torch.hub's cache), a local .safetensors/.pth file, or a
+previous RUN_DIR. Head weights whose shapes differ are dropped with a log line; any other
+mismatch is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+import timm
+import torch
+import torchvision.models as tvm
+from torch import nn
+
+from trainer.registry import filter_names
+
+log = logging.getLogger("vft.models")
+
+
+class WeightsError(ValueError):
+    """Weights that cannot be loaded into the model (bad file, mismatched tensors)."""
+
+
+@dataclass
+class BuiltModel:
+    module: nn.Module
+    name: str
+    source: str
+    head: tuple[str, ...]
+    data_defaults: dict = field(default_factory=dict)
+
+
+@cache
+def _torchvision_names() -> tuple[str, ...]:
+    return tuple(tvm.list_models(module=tvm))
+
+
+def list_models(pattern: str | None = None, source: str = "auto") -> list[str]:
+    names: set[str] = set()
+    if source in ("auto", "timm"):
+        names.update(timm.list_models())
+    if source in ("auto", "torchvision"):
+        names.update(_torchvision_names())
+    return filter_names(sorted(names), pattern)
+
+
+def model_sources(name: str) -> list[str]:
+    return [s for s in ("timm", "torchvision") if resolve_source(name, s)]
+
+
+def resolve_source(name: str, source: str = "auto") -> str | None:
+    """Which library builds `name`: timm first when both do (`source` forces one)."""
+    if source in ("auto", "timm") and timm.is_model(name):
+        return "timm"
+    if source in ("auto", "torchvision") and name in _torchvision_names():
+        return "torchvision"
+    return None
+
+
+def create_model(
+    name: str,
+    num_classes: int,
+    source: str = "auto",
+    weights: str = "none",
+    drop_rate: float = 0.0,
+    drop_path_rate: float = 0.0,
+) -> BuiltModel:
+    resolved = resolve_source(name, source)
+    if resolved is None:
+        raise ValueError(f"unknown model '{name}' (source {source}); see `vft ls models`")
+    build = _build_timm if resolved == "timm" else _build_torchvision
+    built = build(name, num_classes, weights == "hub", drop_rate, drop_path_rate)
+    if weights not in ("none", "hub"):
+        state = read_weights(weights, expect_model=name)
+        load_weights(built.module, state, built.head)
+    return built
+
+
+def _build_timm(name: str, num_classes: int, pretrained: bool, drop_rate: float, drop_path: float):
+    kwargs = {"drop_rate": drop_rate}
+    if drop_path:
+        kwargs["drop_path_rate"] = drop_path
+    model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
+    head = model.pretrained_cfg.get("classifier") or _last_classifier(model, num_classes)
+    heads = (head,) if isinstance(head, str) else tuple(head)
+    return BuiltModel(model, name, "timm", heads, dict(timm.data.resolve_model_data_config(model)))
+
+
+def _build_torchvision(name: str, num_classes: int, pretrained: bool, drop_rate: float, drop_path: float):
+    builder = tvm.get_model_builder(name)
+    options = {
+        "dropout": ("model.drop_rate", drop_rate),
+        "stochastic_depth_prob": ("model.drop_path_rate", drop_path),
+    }
+    kwargs = {key: value for key, (_, value) in options.items() if value}
+    try:
+        model = builder(weights=None, num_classes=num_classes, **kwargs)
+    except TypeError as exc:
+        field = next((f for key, (f, _) in options.items() if key in str(exc)), "model")
+        raise ValueError(f"{field}: torchvision model '{name}' does not take this option ({exc})") from None
+    head = (_last_classifier(model, num_classes),)
+    weights_enum = _torchvision_default_weights(name)
+    if pretrained:
+        if weights_enum is None:
+            raise WeightsError(f"model.weights: torchvision model '{name}' has no pretrained weights")
+        load_weights(model, weights_enum.get_state_dict(progress=False, check_hash=True), head)
+    return BuiltModel(model, name, "torchvision", head, _torchvision_data_defaults(weights_enum))
+
+
+def _torchvision_default_weights(name: str):
+    try:
+        return tvm.get_model_weights(name).DEFAULT
+    except (ValueError, AttributeError):
+        return None
+
+
+def _torchvision_data_defaults(weights_enum) -> dict:
+    defaults = {
+        "input_size": (3, 224, 224),
+        "interpolation": "bilinear",
+        "mean": (0.485, 0.456, 0.406),
+        "std": (0.229, 0.224, 0.225),
+        "crop_pct": 224 / 256,
+        "crop_mode": "center",
+    }
+    if weights_enum is not None:
+        tf = weights_enum.transforms()
+        crop, resize = tf.crop_size[0], tf.resize_size[0]
+        defaults.update(
+            input_size=(3, crop, crop),
+            interpolation=tf.interpolation.value,
+            mean=tuple(tf.mean),
+            std=tuple(tf.std),
+            crop_pct=crop / resize,
+        )
+    return defaults
+
+
+def _last_classifier(model: nn.Module, num_classes: int) -> str:
+    """Name of the last Linear/Conv2d producing `num_classes` outputs: the classifier head."""
+    head = None
+    for mod_name, module in model.named_modules():
+        out = getattr(module, "out_features", None) or getattr(module, "out_channels", None)
+        if isinstance(module, nn.Linear | nn.Conv2d) and out == num_classes:
+            head = mod_name
+    if head is None:
+        raise ValueError(f"cannot find the classifier head of {type(model).__name__}")
+    return head
+
+
+# ----------------------------------------------------------------------------- weights
+
+
+def read_weights(source: str | Path, expect_model: str | None = None) -> dict[str, torch.Tensor]:
+    """A state dict from a .safetensors/.pth file or a previous RUN_DIR (its best checkpoint)."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        path = _run_dir_weights(path, expect_model)
+    if not path.is_file():
+        raise WeightsError(f"{path}: weights file not found")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any decoding failure is the file's fault
+        raise WeightsError(f"{path}: cannot read weights ({exc})") from exc
+    return _unwrap_state(state, path)
+
+
+def _run_dir_weights(path: Path, expect_model: str | None) -> Path:
+    for ckpt in (path / "best", path / "last", path):
+        if (ckpt / "model.safetensors").is_file():
+            meta_file = ckpt / "meta.json"
+            if expect_model and meta_file.is_file():
+                trained = json.loads(meta_file.read_text()).get("model", {}).get("name")
+                if trained and trained != expect_model:
+                    raise WeightsError(f"{path}: holds a '{trained}' model, not '{expect_model}'")
+            return ckpt / "model.safetensors"
+    raise WeightsError(f"{path}: no model.safetensors in best/, last/ or the folder itself")
+
+
+def _unwrap_state(state, path: Path) -> dict[str, torch.Tensor]:
+    for key in ("state_dict", "model", "model_state_dict", "module"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{path}: not a state dict of tensors")
+    prefixes = ("module.", "_orig_mod.")
+    return {_strip(k, prefixes): v for k, v in state.items()}
+
+
+def _strip(key: str, prefixes: tuple[str, ...]) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for prefix in prefixes:
+            if key.startswith(prefix):
+                key, changed = key[len(prefix) :], True
+    return key
+
+
+def _in_head(key: str, head: tuple[str, ...]) -> bool:
+    return any(key == h or key.startswith(h + ".") for h in head)
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], head: tuple[str, ...]) -> list[str]:
+    """Load `state` strictly, except head tensors whose shapes differ: those are dropped and
+    logged (the head was replaced for the dataset's classes). Returns the dropped keys."""
+    own = model.state_dict()
+    dropped, problems = [], []
+    for key, value in state.items():
+        if key not in own:
+            problems.append(f"unexpected tensor '{key}'")
+        elif own[key].shape != value.shape:
+            if _in_head(key, head):
+                dropped.append(key)
+            else:
+                problems.append(f"'{key}' has shape {tuple(value.shape)}, model {tuple(own[key].shape)}")
+    missing = [
+        k for k in own if k not in state and not _in_head(k, head) and not k.endswith("num_batches_tracked")
+    ]
+    problems += [f"missing tensor '{k}'" for k in missing]
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; ... {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise WeightsError(f"weights do not fit {type(model).__name__}: {shown}")
+    if dropped:
+        log.warning("dropped head weights with other shapes (new head): %s", ", ".join(dropped))
+    model.load_state_dict({k: v for k, v in state.items() if k not in dropped}, strict=False)
+    return dropped

@@ -1,0 +1,142 @@
+"""One preprocessing definition per model, written into meta.json and used by training-time
+evaluation, export checks and serving alike.
+
+Eval: resize the shorter side to floor(size / crop_pct), center-crop `size`, scale to [0, 1],
+normalize by mean/std, RGB, NCHW float32. Train: the same normalisation after torchvision
+transforms.v2 augmentation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import v2 as T
+
+_INTERP = {
+    "bilinear": InterpolationMode.BILINEAR,
+    "bicubic": InterpolationMode.BICUBIC,
+    "nearest": InterpolationMode.NEAREST,
+}
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bilinear"
+    crop_pct: float = 0.875
+
+    @property
+    def resize_size(self) -> int:
+        return math.floor(self.input_size / self.crop_pct)
+
+    def to_meta(self) -> dict:
+        meta = asdict(self)
+        meta.update(
+            resize_size=self.resize_size,
+            channel_order="RGB",
+            layout="NCHW",
+            steps=[
+                f"resize shorter side to {self.resize_size} ({self.interpolation}, antialias)",
+                f"center crop {self.input_size}x{self.input_size}",
+                "scale to [0, 1]",
+                "normalize (x - mean) / std",
+            ],
+        )
+        return meta
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> Preprocessing:
+        return cls(
+            input_size=int(meta["input_size"]),
+            mean=tuple(meta["mean"]),
+            std=tuple(meta["std"]),
+            interpolation=meta["interpolation"],
+            crop_pct=float(meta["crop_pct"]),
+        )
+
+
+def resolve_preprocessing(
+    model_defaults: dict,
+    img_size: int | None = None,
+    mean=None,
+    std=None,
+    interpolation: str | None = None,
+    crop_pct: float | None = None,
+) -> Preprocessing:
+    """The model's pretrained config, with any explicit override winning."""
+    interp = interpolation or model_defaults.get("interpolation", "bilinear")
+    return Preprocessing(
+        input_size=int(img_size or model_defaults["input_size"][-1]),
+        mean=tuple(float(v) for v in (mean or model_defaults["mean"])),
+        std=tuple(float(v) for v in (std or model_defaults["std"])),
+        interpolation=interp if interp in _INTERP else "bilinear",
+        crop_pct=float(crop_pct or model_defaults.get("crop_pct") or 0.875),
+    )
+
+
+def _normalize(p: Preprocessing) -> list:
+    return [T.ToDtype(torch.float32, scale=True), T.Normalize(mean=list(p.mean), std=list(p.std))]
+
+
+def eval_transform(p: Preprocessing) -> T.Compose:
+    interp = _INTERP[p.interpolation]
+    return T.Compose(
+        [
+            T.ToImage(),
+            T.Resize(p.resize_size, interpolation=interp, antialias=True),
+            T.CenterCrop(p.input_size),
+            *_normalize(p),
+        ]
+    )
+
+
+def train_transform(p: Preprocessing, aug) -> T.Compose:
+    """`aug` is the config's AugmentConfig (read here, by the builder, only). Rotations and
+    auto-augment ops interpolate bilinearly: tensors support no bicubic grid sampling."""
+    interp = _INTERP[p.interpolation]
+    steps: list = [
+        T.ToImage(),
+        T.RandomResizedCrop(
+            p.input_size, scale=aug.scale, ratio=aug.ratio, interpolation=interp, antialias=True
+        ),
+    ]
+    if aug.hflip:
+        steps.append(T.RandomHorizontalFlip(aug.hflip))
+    if aug.vflip:
+        steps.append(T.RandomVerticalFlip(aug.vflip))
+    if aug.rotation:
+        steps.append(T.RandomRotation(aug.rotation, interpolation=InterpolationMode.BILINEAR))
+    if aug.color_jitter:
+        cj = aug.color_jitter
+        steps.append(T.ColorJitter(brightness=cj, contrast=cj, saturation=cj))
+    if aug.auto_augment == "randaugment":
+        steps.append(
+            T.RandAugment(
+                num_ops=aug.randaugment_ops,
+                magnitude=aug.randaugment_magnitude,
+                interpolation=InterpolationMode.BILINEAR,
+            )
+        )
+    elif aug.auto_augment == "trivialaugment":
+        steps.append(T.TrivialAugmentWide(interpolation=InterpolationMode.BILINEAR))
+    steps += _normalize(p)
+    if aug.random_erasing:
+        steps.append(T.RandomErasing(p=aug.random_erasing, value=0))
+    return T.Compose(steps)
+
+
+def batch_mix(aug, num_classes: int):
+    """MixUp and/or CutMix on a batch (one of them per batch), or None."""
+    mixes = []
+    if aug.mixup_alpha:
+        mixes.append(T.MixUp(alpha=aug.mixup_alpha, num_classes=num_classes))
+    if aug.cutmix_alpha:
+        mixes.append(T.CutMix(alpha=aug.cutmix_alpha, num_classes=num_classes))
+    if not mixes:
+        return None
+    return mixes[0] if len(mixes) == 1 else T.RandomChoice(mixes)

@@ -1,0 +1,239 @@
+"""The driver of `vft train`: start (or join) a Ray cluster, run TorchTrainer over the worker
+function, show live progress, then write plots and print the summary."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from trainer import checkpoint as ckpt
+from trainer.config import VftConfig, to_yaml
+from trainer.runlog import read_metrics_csv, write_text
+
+console = Console(stderr=True)
+
+
+class RunFailed(RuntimeError):
+    """Training failed on the cluster; `worker_error` is the first worker's own exception."""
+
+    def __init__(self, error: BaseException):
+        failures = getattr(error, "worker_failures", None) or {}
+        self.worker_error = next(iter(failures.values()), error)
+        text = str(self.worker_error).strip() or type(self.worker_error).__name__
+        super().__init__(f"{type(self.worker_error).__name__}: {text}")
+
+
+@dataclass
+class TrainSummary:
+    run_dir: str
+    history: list[dict]
+    best: dict
+    wall_s: float
+    stopped_early: bool
+
+
+def run_dir_of(cfg: VftConfig) -> str:
+    storage = cfg.run.storage if ckpt.is_remote(cfg.run.storage) else str(Path(cfg.run.storage).resolve())
+    return ckpt.join(storage, cfg.run.name)
+
+
+def init_ray(address: str | None = None) -> None:
+    """Join `address` (or RAY_ADDRESS), else start a local cluster."""
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(include_dashboard=False, log_to_driver=True, configure_logging=False)
+
+
+def use_gpu(cfg: VftConfig) -> bool:
+    if cfg.scaling.use_gpu == "auto":
+        return ray.cluster_resources().get("GPU", 0) > 0
+    return bool(cfg.scaling.use_gpu)
+
+
+def make_trainer(cfg: VftConfig, run_dir: str, board=None):
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from trainer.loop import train_worker
+
+    gpu = use_gpu(cfg)
+    s = cfg.scaling
+    resources = {"CPU": s.cpus_per_worker, **({"GPU": s.gpus_per_worker} if gpu else {})}
+    storage = run_dir.rsplit("/", 1)[0] if ckpt.is_remote(run_dir) else str(Path(run_dir).parent)
+    return TorchTrainer(
+        train_worker,
+        train_loop_config={"config": cfg.model_dump(mode="json"), "run_dir": run_dir, "board": board},
+        scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=gpu, resources_per_worker=resources),
+        torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
+        run_config=RunConfig(
+            name=cfg.run.name,
+            storage_path=storage,
+            failure_config=FailureConfig(max_failures=cfg.run.max_failures),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=cfg.run.keep_checkpoints,
+                checkpoint_score_attribute=cfg.train.monitor,
+                checkpoint_score_order=cfg.train.mode,
+            ),
+        ),
+    )
+
+
+def train(cfg: VftConfig, address: str | None = None, quiet: bool = False) -> TrainSummary:
+    from trainer.progress import ProgressBoard
+
+    run_dir = run_dir_of(cfg)
+    write_text(ckpt.join(run_dir, "config.yaml"), to_yaml(cfg))
+    init_ray(address)
+    board = ProgressBoard.remote()
+    trainer = make_trainer(cfg, run_dir, board)
+    start = time.perf_counter()
+    outcome: dict = {}
+
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except Exception as exc:  # noqa: BLE001 - re-raised below in the main thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=fit, name="vft-fit", daemon=True)
+    thread.start()
+    records = _watch(thread, board, cfg, quiet)
+    wall = time.perf_counter() - start
+    if "error" in outcome:
+        raise RunFailed(outcome["error"]) from outcome["error"]
+    history = read_metrics_csv(ckpt.join(run_dir, "metrics.csv")) or records
+    best = next((r for r in history if r["epoch"] == _best_epoch(records, history, cfg)), {})
+    summary = TrainSummary(run_dir, history, best, wall, bool(records and records[-1].get("stopped")))
+    write_plots(summary, cfg)
+    return summary
+
+
+def _best_epoch(records: list[dict], history: list[dict], cfg: VftConfig) -> int | None:
+    if records:
+        return records[-1]["best/epoch"]
+    if not history:
+        return None
+    pick = max if cfg.train.mode == "max" else min
+    return pick(history, key=lambda r: r[cfg.train.monitor])["epoch"]
+
+
+def _watch(thread: threading.Thread, board, cfg: VftConfig, quiet: bool) -> list[dict]:
+    """Poll the progress board while fit() runs; print one line per finished epoch."""
+    records: list[dict] = []
+    columns = [
+        TextColumn("[bold]epoch {task.fields[epoch]}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn(
+            "step {task.completed:.0f}/{task.total:.0f}  loss {task.fields[loss]:.4f}  "
+            "{task.fields[img_s]:.0f} img/s"
+        ),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    ]
+    with Progress(*columns, console=console, transient=True, disable=quiet) as bar:
+        task = bar.add_task("train", total=1, epoch="-", loss=0.0, img_s=0.0)
+        while thread.is_alive():
+            thread.join(timeout=0.5)
+            try:
+                latest, new = ray.get(board.read.remote(len(records)), timeout=5)
+            except (ray.exceptions.RayError, TimeoutError):
+                continue
+            if latest:
+                bar.update(
+                    task,
+                    total=latest["steps"],
+                    completed=latest["step"],
+                    epoch=f"{latest['epoch']}/{latest['epochs']}",
+                    loss=latest["loss"],
+                    img_s=latest["img_s"],
+                )
+            for record in new:
+                records.append(record)
+                if not quiet:
+                    console.print(_epoch_line(record, cfg))
+    return records
+
+
+def _epoch_line(record: dict, cfg: VftConfig) -> str:
+    monitor = cfg.train.monitor
+    star = " *" if record["best/epoch"] == record["epoch"] else ""
+    return (
+        f"epoch {record['epoch']:>3}/{cfg.train.epochs}  train/loss {record['train/loss']:.4f}  "
+        f"val/loss {record['val/loss']:.4f}  {monitor} {record[monitor]:.4f}{star}  "
+        f"lr {record['lr']:.2e}  {record['train/img_s']:.0f} img/s  {record['time']:.1f}s"
+    )
+
+
+def write_plots(summary: TrainSummary, cfg: VftConfig) -> None:
+    from trainer import plots
+
+    if not summary.history:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        plots.learning_curves(summary.history, cfg.train.monitor, Path(tmp, "learning_curves.png"))
+        best_dir = ckpt.join(summary.run_dir, "best")
+        if not ckpt.is_remote(best_dir) and Path(best_dir, ckpt.META_FILE).is_file():
+            meta = ckpt.read_meta(best_dir)
+            if "confusion" in meta["metrics"]:
+                plots.confusion_matrix(
+                    meta["metrics"]["confusion"],
+                    meta["classes"],
+                    Path(tmp, "confusion_matrix.png"),
+                    f"validation, epoch {meta['epoch']}",
+                )
+        plots_dir = ckpt.join(summary.run_dir, "plots")
+        if ckpt.is_remote(plots_dir):
+            import pyarrow.fs as pafs
+
+            pafs.copy_files(tmp, plots_dir)
+        else:
+            Path(plots_dir).mkdir(parents=True, exist_ok=True)
+            for png in Path(tmp).glob("*.png"):
+                Path(plots_dir, png.name).write_bytes(png.read_bytes())
+
+
+def summary_table(summary: TrainSummary, cfg: VftConfig) -> Table:
+    table = Table(title=f"vft train: {cfg.run.name}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    best = summary.best
+    table.add_row("model", f"{cfg.model.name} ({cfg.model.weights} weights, {cfg.finetune.strategy})")
+    table.add_row(
+        "epochs run",
+        f"{len(summary.history)} of {cfg.train.epochs}"
+        + (" (early stopped)" if summary.stopped_early else ""),
+    )
+    if best:
+        table.add_row("best epoch", str(best["epoch"]))
+        for key in sorted(k for k in best if k.startswith("val/")):
+            table.add_row(key, f"{best[key]:.4f}")
+    if summary.history:
+        rates = [row["train/img_s"] for row in summary.history]
+        table.add_row("throughput", f"{sum(rates) / len(rates):.0f} img/s (train, all workers)")
+        skipped = sum(int(row.get("data/skipped_images", 0)) for row in summary.history)
+        if skipped:
+            table.add_row("skipped images", str(skipped))
+    table.add_row("wall time", f"{summary.wall_s:.1f} s")
+    table.add_row("run dir", summary.run_dir)
+    return table
