@@ -6,6 +6,7 @@ Only builder functions read this tree; components take plain typed arguments.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,7 +30,8 @@ def _check_name(kind: str, name: str, choices: list[str]) -> str:
     close = difflib.get_close_matches(name, choices, n=5)
     hint = f"did you mean {', '.join(close)}?" if close else f"see `vft ls {kind}`"
     allowed = ", ".join(choices) if len(choices) <= 12 else hint
-    raise ValueError(f"unknown {kind[:-1]} '{name}'; allowed: {allowed}")
+    singular = kind.removesuffix("es") if kind.endswith("sses") else kind.removesuffix("s")
+    raise ValueError(f"unknown {singular} '{name}'; allowed: {allowed}")
 
 
 class ModelConfig(_Strict):
@@ -300,6 +302,9 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+_FIELD_PREFIX = re.compile(r"^([A-Za-z_][A-Za-z0-9_.]*): (.*)$", re.DOTALL)
+
+
 def format_errors(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
@@ -309,6 +314,10 @@ def format_errors(exc: ValidationError) -> str:
             msg = "unknown key (typo?)"
         elif err["type"] == "missing":
             msg = "required field is missing"
+        elif err["type"] == "value_error" and (field := _FIELD_PREFIX.match(msg)):
+            # a section's validator names its field first ("name: ..."): join it to the path
+            path = ".".join(p for p in (path, field.group(1)) if p)
+            msg = field.group(2)
         lines.append(f"{path}: {msg}" if path else msg)
     return "\n".join(lines)
 

@@ -69,16 +69,23 @@ def _count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def _single_layers(module: nn.Module) -> bool:
+    """True when the parts of `module` are single layers (conv, norm, linear): one block."""
+    return all(next(c.children(), None) is None for c in module.children() if _has_params(c))
+
+
 def _trunk_prefixes(module: nn.Module, prefix: str = "") -> list[str]:
     """Module prefixes in order; a child holding most of the parameters is opened up when it
-    splits into at least four parts (e.g. torchvision's `features`, ViT's encoder layers)."""
+    splits into at least four parts (e.g. torchvision's `features`, ViT's encoder layers). A
+    block made of single layers (a residual block's convs and norms) is never split."""
     total = _count(module)
     out: list[str] = []
     for name, child in module.named_children():
         if not _has_params(child):
             continue
         full = prefix + name
-        inner = _trunk_prefixes(child, full + ".") if _count(child) > total / 2 else []
+        dominant = _count(child) > total / 2 and not _single_layers(child)
+        inner = _trunk_prefixes(child, full + ".") if dominant else []
         out += inner if len(inner) >= 4 else [full]
     return out
 

@@ -49,8 +49,9 @@ def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
     else:
         freq = rng.uniform(3, 10)
         base = (0.5 + 0.5 * np.sin(2 * math.pi * freq * (xx + rng.uniform(-1, 1) * yy)))[..., None]
-    c1, c2 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
-    img = c1 * (1 - base) + c2 * base + rng.normal(0, 12, (size, size, 3))
+    c1 = rng.uniform(0, 255, 3)
+    c2 = np.clip(c1 + rng.uniform(-60, 60, 3), 0, 255)
+    img = c1 * (1 - base) + c2 * base + rng.normal(0, 10, (size, size, 3))
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
@@ -82,11 +83,13 @@ def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[t
 
 
 def shape_image(rng: np.random.Generator, label: str, size: int) -> Image.Image:
-    img = Image.fromarray(_texture(rng, size))
+    background = _texture(rng, size)
+    img = Image.fromarray(background)
     draw = ImageDraw.Draw(img)
-    r = rng.uniform(0.18, 0.32) * size
+    r = rng.uniform(0.22, 0.38) * size
     cx, cy = rng.uniform(r, size - r, 2)
-    color = tuple(int(v) for v in rng.uniform(0, 255, 3))
+    contrast = 255 - background.reshape(-1, 3).mean(axis=0)  # the shape stands out from its background
+    color = tuple(int(v) for v in np.clip(contrast + rng.uniform(-40, 40, 3), 0, 255))
     outline = tuple(255 - v for v in color)
     if label == "circle":
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=color, outline=outline, width=max(1, size // 32))

@@ -87,7 +87,12 @@ def _build_timm(name: str, num_classes: int, pretrained: bool, drop_rate: float,
     kwargs = {"drop_rate": drop_rate}
     if drop_path:
         kwargs["drop_path_rate"] = drop_path
-    model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
+    try:
+        model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
+    except (OSError, RuntimeError, ValueError) as exc:  # hub errors: offline, missing file, bad download
+        if not pretrained:
+            raise
+        raise WeightsError(f"model.weights: cannot load hub weights for '{name}' ({exc})") from exc
     head = model.pretrained_cfg.get("classifier") or _last_classifier(model, num_classes)
     heads = (head,) if isinstance(head, str) else tuple(head)
     return BuiltModel(model, name, "timm", heads, dict(timm.data.resolve_model_data_config(model)))

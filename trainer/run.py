@@ -54,14 +54,15 @@ def run_dir_of(cfg: VftConfig) -> str:
 
 
 def init_ray(address: str | None = None) -> None:
-    """Join `address` (or RAY_ADDRESS), else start a local cluster."""
+    """Join `address` (or RAY_ADDRESS, as set inside a RayJob); otherwise start a private local
+    cluster (the embedded default), never silently attaching to another one."""
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(include_dashboard=False, log_to_driver=True, configure_logging=False)
+        ray.init(address="local", include_dashboard=False, log_to_driver=True, configure_logging=False)
 
 
 def use_gpu(cfg: VftConfig) -> bool:
@@ -102,6 +103,9 @@ def train(cfg: VftConfig, address: str | None = None, quiet: bool = False) -> Tr
     from trainer.progress import ProgressBoard
 
     run_dir = run_dir_of(cfg)
+    done = len(read_metrics_csv(ckpt.join(run_dir, "metrics.csv")))
+    if done and not quiet:
+        console.print(f"resuming {run_dir} after epoch {done}")
     write_text(ckpt.join(run_dir, "config.yaml"), to_yaml(cfg))
     init_ray(address)
     board = ProgressBoard.remote()
