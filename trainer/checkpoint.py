@@ -4,10 +4,12 @@ local or object storage (s3://, gs://) through pyarrow's filesystems."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import shutil
+import tempfile
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -68,6 +70,24 @@ def publish(local_dir: str | Path, dest: str) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def local_copy(uri: str):
+    """A checkpoint folder as a local path (downloaded from object storage if needed), or None
+    when it holds no complete checkpoint."""
+    if not is_remote(uri):
+        yield uri if Path(uri, STATE_FILE).is_file() and Path(uri, META_FILE).is_file() else None
+        return
+    import pyarrow.fs as pafs
+
+    fs, path = pafs.FileSystem.from_uri(uri)
+    if fs.get_file_info(f"{path}/{STATE_FILE}").type == pafs.FileType.NotFound:
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="vft-last-") as tmp:
+        pafs.copy_files(uri, tmp)
+        yield tmp
+
+
 def build_meta(
     *,
     task: str,
@@ -78,6 +98,7 @@ def build_meta(
     metrics: dict,
     epoch: int,
     monitor: dict,
+    training: dict,
 ) -> dict:
     return {
         "task": task,
@@ -89,6 +110,7 @@ def build_meta(
         "metrics": metrics,
         "epoch": epoch,
         "monitor": monitor,
+        "training": training,
         "vft_version": trainer.__version__,
         "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

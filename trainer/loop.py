@@ -43,91 +43,8 @@ from trainer.preprocess import (
 )
 from trainer.progress import WorkerProgress
 from trainer.runlog import write_metrics_csv
-from trainer.schedules import LrSchedule, ScheduleSpec, create_schedule
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite: the run (or sweep trial) stops here."""
-
-
-# ----------------------------------------------------------------------------- precision
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """`auto`: bf16 on Ampere or newer GPUs, fp16 on older GPUs, fp32 on CPU."""
-    if precision != "auto":
-        return precision
-    if device.type != "cuda":
-        return "fp32"
-    return "bf16" if torch.cuda.get_device_capability(device)[0] >= 8 else "fp16"
-
-
-def autocast(precision: str, device: torch.device):
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-# ----------------------------------------------------------------------------- one step
-
-
-class TrainStep:
-    """Forward, backward and (every `accum_steps` micro-batches) the optimizer step with
-    gradient clipping, the GradScaler for fp16, the LR schedule and the EMA update."""
-
-    def __init__(
-        self,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        criterion: nn.Module,
-        device,
-        precision: str = "fp32",
-        channels_last: bool = False,
-        accum_steps: int = 1,
-        grad_clip: float | None = None,
-        schedule: LrSchedule | None = None,
-        ema=None,
-    ):
-        self.forward_model, self.optimizer, self.criterion = model, optimizer, criterion
-        self.device, self.precision, self.accum_steps = device, precision, accum_steps
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.grad_clip, self.schedule, self.ema = grad_clip, schedule, ema
-        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-        self.updates = 0
-
-    def __call__(self, images: torch.Tensor, targets: torch.Tensor, update: bool = True) -> torch.Tensor:
-        images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
-        targets = targets.to(self.device, non_blocking=True)
-        model = self.forward_model
-        sync = contextlib.nullcontext() if update or not hasattr(model, "no_sync") else model.no_sync()
-        with sync:
-            with autocast(self.precision, self.device):
-                loss = self.criterion(model(images), targets)
-            self.scaler.scale(loss / self.accum_steps).backward()
-        if update:
-            self._optimizer_step()
-        return loss.detach()
-
-    def _optimizer_step(self) -> None:
-        if self.grad_clip:
-            self.scaler.unscale_(self.optimizer)
-            params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-            torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.updates += 1
-        if self.schedule is not None:
-            self.schedule.step_update()
-        if self.ema is not None:
-            self.ema.update(_unwrap(self.forward_model), step=self.updates)
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    model = getattr(model, "_orig_mod", model)
-    return model.module if isinstance(model, DistributedDataParallel) else model
-
+from trainer.schedules import ScheduleSpec, create_schedule
+from trainer.step import NonFiniteLossError, TrainStep, autocast, resolve_precision
 
 # ----------------------------------------------------------------------------- the job
 
@@ -218,7 +135,17 @@ def build_job(cfg: VftConfig, rank: int, world: int, device: torch.device) -> Jo
     groups = param_groups(
         model, layout, f.strategy, stages, o.lr, o.weight_decay, f.layer_decay, f.head_lr_mult
     )
-    optimizer = create_optimizer(groups, o.name, o.lr, o.weight_decay, o.momentum, o.nesterov, o.betas, o.eps)
+    optimizer = create_optimizer(
+        groups,
+        o.name,
+        o.lr,
+        o.weight_decay,
+        o.momentum,
+        o.nesterov,
+        o.betas,
+        o.eps,
+        fused=device.type == "cuda",
+    )
     steps_per_epoch = math.ceil(len(train_loader) / t.accum_steps)
     s = cfg.schedule
     warmup = s.warmup_steps or round(s.warmup_epochs * steps_per_epoch)
@@ -391,6 +318,12 @@ def model_meta(job: Job, metrics: dict, epoch: int) -> dict:
         metrics=metrics,
         epoch=epoch,
         monitor={"metric": c.train.monitor, "mode": c.train.mode, "value": metrics.get(c.train.monitor)},
+        training={
+            "precision": job.precision,
+            "device": job.device.type,
+            "world_size": job.world,
+            "strategy": c.finetune.strategy,
+        },
     )
 
 
@@ -431,6 +364,21 @@ def restore(job: Job, directory: str) -> None:
     ckpt.set_rng_state(state["rng"])
 
 
+@contextlib.contextmanager
+def latest_checkpoint(reported, last_uri: str):
+    """The newer of Ray Train's latest reported checkpoint and RUN_DIR/last, as a local folder
+    (or None). RUN_DIR/last is written just before each report, so it is ahead when the driver
+    was stopped between the two."""
+    with contextlib.ExitStack() as stack:
+        candidates = []
+        if reported is not None:
+            candidates.append(stack.enter_context(reported.as_directory()))
+        last = stack.enter_context(ckpt.local_copy(last_uri))
+        if last is not None:
+            candidates.append(last)
+        yield max(candidates, key=lambda d: ckpt.read_meta(d)["epoch"], default=None)
+
+
 def save_epoch(job: Job, epoch: int, record: dict, tables: dict, is_best: bool, run_dir: str) -> str:
     """Rank 0: write the checkpoint to a local folder, publish it as RUN_DIR/last (and
     RUN_DIR/best), rewrite metrics.csv. Returns the local folder for ray.train.report."""
@@ -458,9 +406,8 @@ def train_worker(loop_config: dict) -> None:
     device = ray.train.torch.get_device()
     seed_everything(cfg.train.seed + rank)
     job = build_job(cfg, rank, world, device)
-    resume = ray.train.get_checkpoint()
-    if resume is not None:
-        with resume.as_directory() as directory:
+    with latest_checkpoint(ray.train.get_checkpoint(), ckpt.join(run_dir, "last")) as directory:
+        if directory is not None:
             restore(job, directory)
     progress = WorkerProgress(loop_config.get("board") if rank == 0 else None)
     t = cfg.train

@@ -104,7 +104,7 @@ def train(cfg: VftConfig, address: str | None = None, quiet: bool = False) -> Tr
 
     run_dir = run_dir_of(cfg)
     done = len(read_metrics_csv(ckpt.join(run_dir, "metrics.csv")))
-    if done and not quiet:
+    if done:
         console.print(f"resuming {run_dir} after epoch {done}")
     write_text(ckpt.join(run_dir, "config.yaml"), to_yaml(cfg))
     init_ray(address)

@@ -1,0 +1,121 @@
+"""The `vft` console script as a user runs it: real subprocesses, real exit codes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from trainer.runlog import read_metrics_csv
+
+ROOT = Path(__file__).resolve().parents[1]
+VFT = [sys.executable, "-m", "trainer.cli"]
+
+
+def run_vft(*args, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*VFT, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=ROOT, **kwargs
+    )
+
+
+def test_bad_config_exits_2_without_creating_the_run_dir(digits_dir, tmp_path):
+    base = [
+        "train",
+        ROOT / "configs/digits.yaml",
+        f"data.train={digits_dir}/train",
+        f"data.val={digits_dir}/val",
+        f"run.storage={tmp_path}",
+        "--name",
+        "bad",
+    ]
+    cases = {
+        "optim.lr=-1": "optim.lr",
+        "optim.lrr=0.1": "optim.lrr: unknown key",
+        "train.precision=fp8": "'bf16', 'fp16' or 'fp32'",
+        "model.name=resnet18x": "model.name",
+        "data.train=/no/such/folder": "data.train",
+    }
+    for override, expected in cases.items():
+        result = run_vft(*base, override)
+        assert result.returncode == 2, (override, result.stderr)
+        assert expected in result.stderr, (override, result.stderr)
+    assert not (tmp_path / "bad").exists()
+    missing = run_vft("train", tmp_path / "nope.yaml")
+    assert missing.returncode == 2 and "nope.yaml" in missing.stderr
+
+
+def test_validate_prints_the_resolved_config(digits_dir):
+    result = run_vft(
+        "validate",
+        ROOT / "configs/digits.yaml",
+        f"data.train={digits_dir}/train",
+        f"data.val={digits_dir}/val",
+        "optim.lr=3e-4",
+        "train.epochs=5",
+    )
+    assert result.returncode == 0, result.stderr
+    resolved = yaml.safe_load(result.stdout)
+    assert resolved["optim"]["lr"] == 3e-4 and resolved["train"]["epochs"] == 5
+    assert resolved["train"]["monitor"] == "val/top1" and resolved["train"]["mode"] == "max"
+    assert resolved["run"]["name"] == "digits"
+
+
+def test_ls_lists_registered_names():
+    models = run_vft("ls", "models", "resnet1[08]")
+    assert models.returncode == 0
+    row = next(line for line in models.stdout.splitlines() if " resnet18 " in line)
+    assert "timm" in row and "torchvision" in row
+    assert "vit_base_patch16_224" not in models.stdout
+    optimizers = run_vft("ls", "optimizers").stdout.split()
+    assert {"sgd", "adam", "adamw", "lamb"} <= set(optimizers)
+    schedulers = run_vft("ls", "schedulers").stdout.split()
+    assert set(schedulers) == {"constant", "cosine", "cyclic", "multistep", "onecycle", "plateau", "step"}
+
+
+def test_interrupted_run_resumes_from_its_saved_epoch(digits_dir, tmp_path):
+    args = [
+        "train",
+        ROOT / "configs/digits.yaml",
+        f"data.train={digits_dir}/train",
+        f"data.val={digits_dir}/val",
+        f"run.storage={tmp_path}",
+        "train.epochs=4",
+        "--name",
+        "resume",
+        "--quiet",
+    ]
+    run_dir = tmp_path / "resume"
+    first = subprocess.Popen(
+        [*VFT, *map(str, args)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and first.poll() is None:
+        if len(read_metrics_csv(str(run_dir / "metrics.csv"))) >= 1:
+            break
+        time.sleep(0.5)
+    assert first.poll() is None, f"run ended before it could be interrupted:\n{first.stdout.read()}"
+    os.killpg(first.pid, signal.SIGINT)  # Ctrl-C
+    try:
+        first.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    before = read_metrics_csv(str(run_dir / "metrics.csv"))
+    assert 1 <= len(before) < 4, before
+
+    second = run_vft(*args, timeout=300)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert f"after epoch {len(before)}" in second.stderr
+    after = read_metrics_csv(str(run_dir / "metrics.csv"))
+    assert [row["epoch"] for row in after] == [1, 2, 3, 4]
+    assert after[: len(before)] == before  # finished epochs were not run again

@@ -1,0 +1,92 @@
+"""One training step (forward, backward, optimizer update) and the precision helpers: the hot
+path, kept free of Ray so the benchmark can time it against a plain PyTorch loop."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from trainer.schedules import LrSchedule
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite: the run (or sweep trial) stops here."""
+
+
+# ----------------------------------------------------------------------------- precision
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`auto`: bf16 on Ampere or newer GPUs, fp16 on older GPUs, fp32 on CPU."""
+    if precision != "auto":
+        return precision
+    if device.type != "cuda":
+        return "fp32"
+    return "bf16" if torch.cuda.get_device_capability(device)[0] >= 8 else "fp16"
+
+
+def autocast(precision: str, device: torch.device):
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+class TrainStep:
+    """Forward, backward and (every `accum_steps` micro-batches) the optimizer step with
+    gradient clipping, the GradScaler for fp16, the LR schedule and the EMA update."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        criterion: nn.Module,
+        device,
+        precision: str = "fp32",
+        channels_last: bool = False,
+        accum_steps: int = 1,
+        grad_clip: float | None = None,
+        schedule: LrSchedule | None = None,
+        ema=None,
+    ):
+        self.forward_model, self.optimizer, self.criterion = model, optimizer, criterion
+        self.device, self.precision, self.accum_steps = device, precision, accum_steps
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.grad_clip, self.schedule, self.ema = grad_clip, schedule, ema
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+        self.updates = 0
+
+    def __call__(self, images: torch.Tensor, targets: torch.Tensor, update: bool = True) -> torch.Tensor:
+        images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
+        targets = targets.to(self.device, non_blocking=True)
+        model = self.forward_model
+        sync = contextlib.nullcontext() if update or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with autocast(self.precision, self.device):
+                loss = self.criterion(model(images), targets)
+            self.scaler.scale(loss / self.accum_steps).backward()
+        if update:
+            self._optimizer_step()
+        return loss.detach()
+
+    def _optimizer_step(self) -> None:
+        if self.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.updates += 1
+        if self.schedule is not None:
+            self.schedule.step_update()
+        if self.ema is not None:
+            self.ema.update(_unwrap(self.forward_model), step=self.updates)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    model = getattr(model, "_orig_mod", model)
+    return model.module if isinstance(model, DistributedDataParallel) else model
