@@ -254,10 +254,11 @@ class VftConfig(_Strict):
 
     @model_validator(mode="after")
     def _resolve_monitor(self) -> VftConfig:
-        from trainer.metrics import metric_names
+        from trainer.tasks import get_task
 
-        names = metric_names(self.data.multilabel)
-        monitor = self.train.monitor or ("val/map" if self.data.multilabel else "val/top1")
+        task = get_task(self.task)
+        names = task.metric_names(self.data.multilabel)
+        monitor = self.train.monitor or task.default_monitor(self.data.multilabel)
         if monitor not in names:
             raise ValueError(f"train.monitor: unknown metric '{monitor}'; allowed: {', '.join(names)}")
         mode = self.train.mode or ("min" if monitor.endswith("loss") else "max")
@@ -265,6 +266,11 @@ class VftConfig(_Strict):
             self.train = self.train.model_copy(update={"monitor": monitor, "mode": mode})
         if self.loss.name == "bce" and not self.data.multilabel:
             raise ValueError("loss.name: 'bce' needs data.multilabel=true (use cross_entropy otherwise)")
+        aug = self.data.augment
+        for field in ("mixup_alpha", "cutmix_alpha"):
+            if getattr(aug, field) and (self.data.multilabel or self.loss.name == "focal"):
+                why = "data.multilabel" if self.data.multilabel else "loss.name 'focal'"
+                raise ValueError(f"data.augment.{field}: mixed (soft) targets do not work with {why}")
         return self
 
 

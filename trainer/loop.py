@@ -45,6 +45,7 @@ from trainer.progress import WorkerProgress
 from trainer.runlog import write_metrics_csv
 from trainer.schedules import ScheduleSpec, create_schedule
 from trainer.step import NonFiniteLossError, TrainStep, autocast, resolve_precision
+from trainer.tasks import get_task
 
 # ----------------------------------------------------------------------------- the job
 
@@ -183,7 +184,7 @@ def build_job(cfg: VftConfig, rank: int, world: int, device: torch.device) -> Jo
         schedule,
         ema,
     )
-    metrics = ClassificationMetrics(len(classes), d.multilabel, device)
+    metrics = get_task(cfg.task).create_metrics(len(classes), d.multilabel, device)
     return Job(
         cfg,
         rank,

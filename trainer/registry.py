@@ -16,21 +16,23 @@ class Registry:
     def __init__(self, kind: str, module: str):
         self.kind = kind
         self._module = module
-        self._items: dict[str, Callable[..., Any]] = {}
+        self._items: dict[str, Any] = {}
 
-    def register(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        def add(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def register(self, name: str) -> Callable[[Any], Any]:
+        """Decorator (or plain call) adding a builder or spec under `name`."""
+
+        def add(item: Any) -> Any:
             if name in self._items:
                 raise KeyError(f"{self.kind} '{name}' is registered twice")
-            self._items[name] = fn
-            return fn
+            self._items[name] = item
+            return item
 
         return add
 
     def _load(self) -> None:
         importlib.import_module(self._module)
 
-    def get(self, name: str) -> Callable[..., Any]:
+    def get(self, name: str) -> Any:
         self._load()
         if name not in self._items:
             raise KeyError(f"unknown {self.kind} '{name}'; allowed: {', '.join(sorted(self._items))}")

@@ -1,11 +1,33 @@
-"""Tasks by registered name. Classification (single- or multi-label) is the task today; the
-detection and segmentation issues add theirs behind the same registry."""
+"""Tasks by registered name. A task names its metrics (what `train.monitor` may choose), its
+default monitor, and builds its metric collection. Classification (single- or multi-label)
+is the task today; detection and segmentation register theirs here."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from trainer.metrics import ClassificationMetrics, metric_names
 from trainer.registry import TASKS
 
 
-@TASKS.register("classification")
-def classification() -> str:
-    return "classification"
+@dataclass(frozen=True)
+class Task:
+    name: str
+    metric_names: Callable[[bool], list[str]]
+    default_monitor: Callable[[bool], str]
+    create_metrics: Callable[..., object]
+
+
+TASKS.register("classification")(
+    Task(
+        name="classification",
+        metric_names=metric_names,
+        default_monitor=lambda multilabel: "val/map" if multilabel else "val/top1",
+        create_metrics=ClassificationMetrics,
+    )
+)
+
+
+def get_task(name: str) -> Task:
+    return TASKS.get(name)
