@@ -17,7 +17,7 @@ def ray_cluster():
     import ray
 
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=4, include_dashboard=False, configure_logging=False)
+        ray.init(address="local", num_cpus=4, configure_logging=False)
     yield ray
     ray.shutdown()
 

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -132,3 +136,27 @@ def test_corrupt_image_is_an_error_naming_the_file(ray_cluster, digits_dir, tmp_
     assert result.exit_code == 0, result.output
     history = read_metrics_csv(str(storage / "lenient" / "metrics.csv"))
     assert history[0]["data/skipped_images"] == 1
+
+
+def test_a_killed_worker_restarts_from_the_latest_checkpoint(ray_cluster, digits_dir, tmp_path):
+    """FailureConfig(run.max_failures): Ray Train restarts the worker group, which resumes from
+    the latest checkpoint instead of epoch 1."""
+    from ray.util.state import list_actors
+
+    outcome = {}
+    args = digits_args(digits_dir, tmp_path, "train.epochs=3", "run.max_failures=1", "--name", "ft")
+    thread = threading.Thread(target=lambda: outcome.setdefault("result", vft(*args)))
+    thread.start()
+    metrics = tmp_path / "ft" / "metrics.csv"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and len(read_metrics_csv(str(metrics))) < 1:
+        time.sleep(0.5)
+    first_epoch = read_metrics_csv(str(metrics))[0]
+    workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    assert len(workers) == 2
+    os.kill(workers[0].pid, signal.SIGKILL)
+    thread.join(timeout=300)
+    assert outcome["result"].exit_code == 0, outcome["result"].output
+    history = read_metrics_csv(str(metrics))
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    assert history[0] == first_epoch  # epoch 1 was not trained again after the restart

@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 run failed, 2 bad usage or invalid config/input.
 from __future__ import annotations
 
 import logging
+import traceback
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -139,6 +140,8 @@ def train(
     except RunFailed as exc:
         if isinstance(exc.worker_error, input_errors()):
             fail(str(exc.worker_error), 2)
+        trace = "".join(traceback.format_exception(exc.worker_error)).rstrip()
+        err.print(trace, highlight=False, markup=False)
         fail(f"training failed: {exc}", 1)
     out.print(summary_table(summary, cfg))
 

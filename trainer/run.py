@@ -55,14 +55,15 @@ def run_dir_of(cfg: VftConfig) -> str:
 
 def init_ray(address: str | None = None) -> None:
     """Join `address` (or RAY_ADDRESS, as set inside a RayJob); otherwise start a private local
-    cluster (the embedded default), never silently attaching to another one."""
+    cluster (the embedded default), never silently attaching to another one. Locally, worker
+    logs stay in Ray's session folder: vft prints progress, epochs and worker errors itself."""
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(address="local", include_dashboard=False, log_to_driver=True, configure_logging=False)
+        ray.init(address="local", log_to_driver=False, configure_logging=False)
 
 
 def use_gpu(cfg: VftConfig) -> bool:
@@ -72,7 +73,7 @@ def use_gpu(cfg: VftConfig) -> bool:
 
 
 def make_trainer(cfg: VftConfig, run_dir: str, board=None):
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from trainer.loop import train_worker
@@ -90,6 +91,7 @@ def make_trainer(cfg: VftConfig, run_dir: str, board=None):
             name=cfg.run.name,
             storage_path=storage,
             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
+            logging_config=LoggingConfig(log_level="WARNING"),  # vft prints its own progress
             checkpoint_config=CheckpointConfig(
                 num_to_keep=cfg.run.keep_checkpoints,
                 checkpoint_score_attribute=cfg.train.monitor,
@@ -222,7 +224,8 @@ def summary_table(summary: TrainSummary, cfg: VftConfig) -> Table:
     table.add_column(style="bold")
     table.add_column()
     best = summary.best
-    table.add_row("model", f"{cfg.model.name} ({cfg.model.weights} weights, {cfg.finetune.strategy})")
+    m = cfg.model
+    table.add_row("model", f"{m.name} (weights: {m.weights}, strategy: {cfg.finetune.strategy})")
     table.add_row(
         "epochs run",
         f"{len(summary.history)} of {cfg.train.epochs}"
