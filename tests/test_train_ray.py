@@ -160,3 +160,30 @@ def test_a_killed_worker_restarts_from_the_latest_checkpoint(ray_cluster, digits
     history = read_metrics_csv(str(metrics))
     assert [row["epoch"] for row in history] == [1, 2, 3]
     assert history[0] == first_epoch  # epoch 1 was not trained again after the restart
+
+
+def test_multilabel_csv_manifest_trains_with_bce(ray_cluster, digits_dir, tmp_path):
+    """CSV manifest with several labels per image (`7;odd`): BCE, multilabel metrics, val/map."""
+    lines = ["path,label"]
+    for image in sorted((digits_dir / "train").glob("*/*.png")):
+        digit = int(image.parent.name)
+        lines.append(f"{image.relative_to(digits_dir)},{digit};{'even' if digit % 2 == 0 else 'odd'}")
+    (digits_dir / "multilabel.csv").write_text("\n".join(lines) + "\n")
+    result = vft(
+        "train",
+        ROOT / "configs/digits.yaml",
+        f"data.train={digits_dir}/multilabel.csv",
+        "data.val=null",
+        "data.multilabel=true",
+        "train.epochs=3",
+        f"run.storage={tmp_path}",
+        "--name",
+        "multi",
+        "--quiet",
+    )
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "multi" / "best" / "meta.json").read_text())
+    assert meta["multilabel"] is True and meta["monitor"]["metric"] == "val/map"
+    assert sorted(meta["classes"]) == sorted([str(d) for d in range(10)] + ["even", "odd"])
+    history = read_metrics_csv(str(tmp_path / "multi" / "metrics.csv"))
+    assert max(row["val/map"] for row in history) >= 0.6
