@@ -23,6 +23,7 @@ from trainer import checkpoint as ckpt
 from trainer.config import VftConfig
 from trainer.data import ImageDataset, class_names, make_loader, read_samples, split_samples
 from trainer.finetune import (
+    ParamLayout,
     Stage,
     apply_trainable,
     freeze_frozen_batchnorm,
@@ -65,7 +66,7 @@ class Job:
     step: TrainStep
     metrics: ClassificationMetrics
     stages: list[Stage]
-    layout: object
+    layout: ParamLayout
     trainable: set[str] = field(default_factory=set)
     history: list[dict] = field(default_factory=list)
     best: dict = field(default_factory=dict)
@@ -77,7 +78,7 @@ class Job:
         return self.built.module
 
 
-def build_data(cfg: VftConfig, prep: Preprocessing | None = None):
+def build_data(cfg: VftConfig):
     """Samples, classes and the train/val split (stratified and seeded when no val set)."""
     d = cfg.data
     train_samples = read_samples(d.train, d.format)

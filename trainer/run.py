@@ -125,22 +125,22 @@ def train(cfg: VftConfig, address: str | None = None, quiet: bool = False) -> Tr
     thread.start()
     records = _watch(thread, board, cfg, quiet)
     wall = time.perf_counter() - start
+    ray.kill(board)
     if "error" in outcome:
         raise RunFailed(outcome["error"]) from outcome["error"]
     history = read_metrics_csv(ckpt.join(run_dir, "metrics.csv")) or records
-    best = next((r for r in history if r["epoch"] == _best_epoch(records, history, cfg)), {})
+    best = best_row(history, cfg.train.monitor, cfg.train.mode)
     summary = TrainSummary(run_dir, history, best, wall, bool(records and records[-1].get("stopped")))
     write_plots(summary, cfg)
     return summary
 
 
-def _best_epoch(records: list[dict], history: list[dict], cfg: VftConfig) -> int | None:
-    if records:
-        return records[-1]["best/epoch"]
+def best_row(history: list[dict], monitor: str, mode: str) -> dict:
+    """The first epoch with the best monitored value (the loop saves best/ on strict improvement)."""
     if not history:
-        return None
-    pick = max if cfg.train.mode == "max" else min
-    return pick(history, key=lambda r: r[cfg.train.monitor])["epoch"]
+        return {}
+    pick = max if mode == "max" else min
+    return pick(history, key=lambda row: row[monitor])
 
 
 def _watch(thread: threading.Thread, board, cfg: VftConfig, quiet: bool) -> list[dict]:
