@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -119,3 +120,17 @@ def test_interrupted_run_resumes_from_its_saved_epoch(digits_dir, tmp_path):
     after = read_metrics_csv(str(run_dir / "metrics.csv"))
     assert [row["epoch"] for row in after] == [1, 2, 3, 4]
     assert after[: len(before)] == before  # finished epochs were not run again
+
+
+def test_unusable_datasets_exit_2_before_any_cluster_starts(digits_dir, tmp_path):
+    extra = tmp_path / "val"
+    shutil.copytree(digits_dir / "val", extra)
+    (extra / "3").rename(extra / "three")
+    base = ["train", ROOT / "configs/digits.yaml", f"run.storage={tmp_path}", "--name", "data"]
+    result = run_vft(*base, f"data.train={digits_dir}/train", f"data.val={extra}")
+    assert result.returncode == 2 and "data.val" in result.stderr and "three" in result.stderr
+    single = tmp_path / "single"
+    shutil.copytree(digits_dir / "train" / "1", single / "1")
+    result = run_vft(*base, f"data.train={single}", "data.val=null")
+    assert result.returncode == 2 and "at least 2" in result.stderr
+    assert not (tmp_path / "data").exists()

@@ -122,15 +122,13 @@ def train(
 ) -> None:
     """Fine-tune on a Ray cluster; resumes RUN_DIR if it holds a checkpoint."""
     from trainer.config import load_config
-    from trainer.data import read_samples
+    from trainer.data import check_data
     from trainer.run import RunFailed, run_dir_of, summary_table
     from trainer.run import train as run_training
 
     try:
         cfg = load_config(config, overrides or [], name=name)
-        read_samples(cfg.data.train, cfg.data.format)  # fail fast on an unusable dataset
-        if cfg.data.val:
-            read_samples(cfg.data.val, cfg.data.format)
+        check_data(cfg)  # fail fast, before any cluster starts, on an unusable dataset
     except input_errors() as exc:
         fail(str(exc))
     logging.basicConfig(level=logging.WARNING)

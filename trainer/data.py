@@ -8,6 +8,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -16,6 +17,9 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from trainer.images import BadImageError, open_image
 from trainer.registry import DATASET_FORMATS
+
+if TYPE_CHECKING:
+    from trainer.config import VftConfig
 
 
 class DataError(ValueError):
@@ -246,3 +250,31 @@ def make_loader(
         persistent_workers=num_workers > 0,
         prefetch_factor=4 if num_workers > 0 else None,
     )
+
+
+# ----------------------------------------------------------------------------- builders (read the config)
+
+
+def build_data(cfg: VftConfig):
+    """Samples, classes and the train/val split (stratified and seeded when no val set)."""
+    d = cfg.data
+    train_samples = read_samples(d.train, d.format)
+    if d.val:
+        val_samples = read_samples(d.val, d.format)
+    else:
+        train_samples, val_samples = split_samples(
+            train_samples, d.val_fraction, d.split_seed, stratify=not d.multilabel
+        )
+    return train_samples, val_samples, class_names(train_samples)
+
+
+def check_data(cfg: VftConfig) -> list[str]:
+    """Read the dataset as the workers will and check it can train: at least two classes, and
+    no validation label the training set lacks. Returns the classes."""
+    train_samples, val_samples, classes = build_data(cfg)
+    if len(classes) < 2:
+        raise DataError(f"data.train: {cfg.data.train} has {len(classes)} class(es); at least 2 are needed")
+    unknown = sorted({lab for labels in val_samples.labels for lab in labels} - set(classes))
+    if unknown:
+        raise DataError(f"data.val: labels not in the training set: {', '.join(unknown[:10])}")
+    return classes

@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from trainer import checkpoint as ckpt
 from trainer.config import VftConfig
-from trainer.data import ImageDataset, class_names, make_loader, read_samples, split_samples
+from trainer.data import ImageDataset, build_data, make_loader
 from trainer.finetune import (
     ParamLayout,
     Stage,
@@ -76,19 +76,6 @@ class Job:
     @property
     def model(self) -> nn.Module:
         return self.built.module
-
-
-def build_data(cfg: VftConfig):
-    """Samples, classes and the train/val split (stratified and seeded when no val set)."""
-    d = cfg.data
-    train_samples = read_samples(d.train, d.format)
-    if d.val:
-        val_samples = read_samples(d.val, d.format)
-    else:
-        train_samples, val_samples = split_samples(
-            train_samples, d.val_fraction, d.split_seed, stratify=not d.multilabel
-        )
-    return train_samples, val_samples, class_names(train_samples)
 
 
 def build_model(cfg: VftConfig, num_classes: int) -> BuiltModel:
