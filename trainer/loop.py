@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from trainer import checkpoint as ckpt
 from trainer.config import VftConfig
-from trainer.data import ImageDataset, build_data, make_loader
+from trainer.data import DataError, ImageDataset, build_data, make_loader
 from trainer.finetune import (
     ParamLayout,
     Stage,
@@ -230,6 +230,11 @@ def train_one_epoch(job: Job, epoch: int, progress: WorkerProgress) -> dict:
     for i, (images, targets, n_skipped) in enumerate(job.train_loader):
         skipped += n_skipped
         if images is None:
+            if job.world > 1:  # the other ranks would wait forever for this rank's gradients
+                raise DataError(
+                    f"every image of a training batch was unreadable (epoch {epoch + 1}, "
+                    f"step {i + 1}); with several workers it cannot be skipped"
+                )
             continue
         loss = job.step(images, targets, update=(i + 1) % accum == 0 or i + 1 == steps)
         loss_sum += loss * images.shape[0]
