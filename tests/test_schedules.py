@@ -178,28 +178,27 @@ def test_state_dict_round_trip_continues_identically(name):
     spec = make_spec(plateau_patience=1)
     opt = make_optimizer()
     schedule = create_schedule(name, opt, spec)
-    lrs, saved = [], None
-    for k in range(1, TOTAL + 1):
-        opt.step()
-        schedule.step_update()
-        if k % PER_EPOCH == 0:
-            schedule.step_epoch(metric(k // PER_EPOCH))
-        lrs.append([g["lr"] for g in opt.param_groups])
-        if k == 45:
-            saved = copy.deepcopy({"opt": opt.state_dict(), "schedule": schedule.state_dict()})
+
+    def advance(optimizer, sched, steps) -> list[list[float]]:
+        lrs = []
+        for k in steps:
+            optimizer.step()
+            sched.step_update()
+            if k % PER_EPOCH == 0:
+                sched.step_epoch(metric(k // PER_EPOCH))
+            lrs.append([g["lr"] for g in optimizer.param_groups])
+        return lrs
+
+    lrs = advance(opt, schedule, range(1, 46))
+    saved = copy.deepcopy({"opt": opt.state_dict(), "schedule": schedule.state_dict()})
+    lrs += advance(opt, schedule, range(46, TOTAL + 1))
 
     opt2 = make_optimizer()
     schedule2 = create_schedule(name, opt2, spec)
     opt2.load_state_dict(saved["opt"])
     schedule2.load_state_dict(saved["schedule"])
     assert [g["lr"] for g in opt2.param_groups] == lrs[44]
-    resumed = []
-    for k in range(46, TOTAL + 1):
-        opt2.step()
-        schedule2.step_update()
-        if k % PER_EPOCH == 0:
-            schedule2.step_epoch(metric(k // PER_EPOCH))
-        resumed.append([g["lr"] for g in opt2.param_groups])
+    resumed = advance(opt2, schedule2, range(46, TOTAL + 1))
     assert resumed == lrs[45:]
     assert schedule2.state_dict()["steps"] == TOTAL
 

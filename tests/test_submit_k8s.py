@@ -213,3 +213,19 @@ def test_missing_kubeconfig_exits_2(tmp_path, monkeypatch):
     result = vft("submit", "train", str(CONFIG), "--kubeconfig", str(tmp_path / "nope"), "--namespace", "ml")
     assert result.exit_code == 2
     assert "--kubeconfig" in result.output
+
+
+def test_cluster_paths_are_not_checked_here_but_the_rest_of_the_config_is():
+    """Data and weights paths name files on the cluster: `vft submit` passes them on unchecked
+    and as written; every other config error still exits 2 before anything is rendered."""
+    args = ["submit", "train", str(CONFIG), "--to", "ray", "--address", "http://127.0.0.1:8265", "--dry-run"]
+    cluster_paths = [
+        "data.train=/mnt/data/train",
+        "data.val=/mnt/data/val",
+        "model.weights=/mnt/w.safetensors",
+    ]
+    result = vft(*args, *cluster_paths)
+    assert result.exit_code == 0, result.output
+    assert "data.train=/mnt/data/train" in yaml.safe_load(result.stdout)["entrypoint"]
+    result = vft(*args, *cluster_paths, "optim.lr=-1")
+    assert result.exit_code == 2 and "optim.lr" in result.output

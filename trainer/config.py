@@ -6,12 +6,19 @@ Only builder functions read this tree; components take plain typed arguments.
 from __future__ import annotations
 
 import difflib
-import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from trainer import registry
 
@@ -22,6 +29,11 @@ class ConfigError(Exception):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _local_paths(info: ValidationInfo) -> bool:
+    """Whether paths are checked here and made absolute (workers run in another folder)."""
+    return (info.context or {}).get("local_paths", True)
 
 
 def _check_name(kind: str, name: str, choices: list[str]) -> str:
@@ -35,27 +47,29 @@ def _check_name(kind: str, name: str, choices: list[str]) -> str:
 
 
 class ModelConfig(_Strict):
-    name: str = "resnet18"
     source: Literal["auto", "timm", "torchvision"] = "auto"
+    name: str = "resnet18"
     weights: str = Field("none", description="none | hub | path to .safetensors/.pth | previous RUN_DIR")
     drop_rate: float = Field(0.0, ge=0.0, lt=1.0)
     drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0)
 
-    @model_validator(mode="after")
-    def _known_model(self) -> ModelConfig:
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, name: str, info: ValidationInfo) -> str:
         from trainer import models
 
-        if models.resolve_source(self.name, self.source) is None:
-            where = "timm or torchvision" if self.source == "auto" else self.source
-            close = difflib.get_close_matches(self.name, models.list_models(), n=5)
+        source = info.data.get("source", "auto")
+        if models.resolve_source(name, source) is None:
+            where = "timm or torchvision" if source == "auto" else source
+            close = difflib.get_close_matches(name, models.list_models(), n=5)
             hint = f"; did you mean {', '.join(close)}?" if close else "; see `vft ls models`"
-            raise ValueError(f"name: unknown {where} model '{self.name}'{hint}")
-        return self
+            raise ValueError(f"unknown {where} model '{name}'{hint}")
+        return name
 
     @field_validator("weights")
     @classmethod
-    def _weights_exist(cls, value: str) -> str:
-        if value in ("none", "hub"):
+    def _weights_exist(cls, value: str, info: ValidationInfo) -> str:
+        if value in ("none", "hub") or not _local_paths(info):
             return value
         path = Path(value).expanduser()
         if not path.exists():
@@ -108,9 +122,9 @@ class DataConfig(_Strict):
 
     @field_validator("train", "val")
     @classmethod
-    def _exists(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
+    def _exists(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None or not _local_paths(info):
+            return value
         path = Path(value).expanduser()
         if not path.exists():
             raise ValueError(f"path '{value}' does not exist")
@@ -132,21 +146,25 @@ class UnfreezeStage(_Strict):
 
 class FinetuneConfig(_Strict):
     strategy: Literal["full", "linear_probe", "gradual"] = "full"
-    unfreeze: list[UnfreezeStage] = []
+    unfreeze: list[UnfreezeStage] = Field([], validate_default=True)
     layer_decay: float | None = Field(None, gt=0.0, le=1.0)
     head_lr_mult: float = Field(1.0, gt=0.0)
 
-    @model_validator(mode="after")
-    def _schedule_fits_strategy(self) -> FinetuneConfig:
-        if self.strategy == "gradual":
-            if not self.unfreeze:
-                raise ValueError("unfreeze: strategy 'gradual' needs at least one stage")
-            epochs = [s.epoch for s in self.unfreeze]
+    @field_validator("unfreeze")
+    @classmethod
+    def _schedule_fits_strategy(
+        cls, stages: list[UnfreezeStage], info: ValidationInfo
+    ) -> list[UnfreezeStage]:
+        strategy = info.data.get("strategy")
+        if strategy == "gradual":
+            if not stages:
+                raise ValueError("strategy 'gradual' needs at least one stage")
+            epochs = [s.epoch for s in stages]
             if epochs != sorted(set(epochs)):
-                raise ValueError(f"unfreeze: stage epochs must be strictly increasing, got {epochs}")
-        elif self.unfreeze:
-            raise ValueError(f"unfreeze: only used by strategy 'gradual', not '{self.strategy}'")
-        return self
+                raise ValueError(f"stage epochs must be strictly increasing, got {epochs}")
+        elif stages:
+            raise ValueError(f"only used by strategy 'gradual', not '{strategy}'")
+        return stages
 
 
 class OptimConfig(_Strict):
@@ -308,9 +326,6 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-_FIELD_PREFIX = re.compile(r"^([A-Za-z_][A-Za-z0-9_.]*): (.*)$", re.DOTALL)
-
-
 def format_errors(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
@@ -320,17 +335,15 @@ def format_errors(exc: ValidationError) -> str:
             msg = "unknown key (typo?)"
         elif err["type"] == "missing":
             msg = "required field is missing"
-        elif err["type"] == "value_error" and (field := _FIELD_PREFIX.match(msg)):
-            # a section's validator names its field first ("name: ..."): join it to the path
-            path = ".".join(p for p in (path, field.group(1)) if p)
-            msg = field.group(2)
         lines.append(f"{path}: {msg}" if path else msg)
     return "\n".join(lines)
 
 
-def build_config(raw: dict[str, Any]) -> VftConfig:
+def build_config(raw: dict[str, Any], local_paths: bool = True) -> VftConfig:
+    """Validate a raw config tree. `local_paths=False` leaves data and weights paths unchecked
+    and as written: they name files on a cluster (`vft submit`), not on this machine."""
     try:
-        return VftConfig.model_validate(raw)
+        return VftConfig.model_validate(raw, context={"local_paths": local_paths})
     except ValidationError as exc:
         raise ConfigError(format_errors(exc)) from None
 

@@ -37,11 +37,6 @@ RAY_GROUP, RAY_VERSION = "ray.io", "v1"
 CR_PLURALS = {"RayJob": "rayjobs", "RayService": "rayservices"}
 # Created in this order; the Ray custom resource comes last so its pods find their ConfigMap.
 CREATE_ORDER = ["ServiceAccount", "NetworkPolicy", "ConfigMap", "RayJob", "RayService"]
-# Config errors that only the cluster can judge: paths as its pods see them.
-CLUSTER_PATH_ERRORS = (
-    re.compile(r"^data\.(train|val): path '.*' does not exist$"),
-    re.compile(r"^model\.weights: '.*' is neither none, hub, nor an existing file or RUN_DIR$"),
-)
 # Overrides travel through two shells (KubeRay's submitter and the job's): keep them inert.
 SAFE_OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*=[A-Za-z0-9_./:@+=,\[\]-]*$")
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -183,12 +178,9 @@ def check_inputs(opts: SubmitOptions) -> str:
     if isinstance(raw.get("run", {}), dict):
         raw["run"] = {**raw.get("run", {}), "name": run_name}
     try:
-        build_config(raw)
+        build_config(raw, local_paths=False)  # data and weights paths are the cluster's
     except ConfigError as exc:
-        lines = str(exc).splitlines()
-        errors = [line for line in lines if not any(p.match(line) for p in CLUSTER_PATH_ERRORS)]
-        if errors:
-            raise SubmitError(f"{opts.config}:\n" + "\n".join(errors)) from None
+        raise SubmitError(f"{opts.config}:\n{exc}") from None
     return str(run_name)
 
 
