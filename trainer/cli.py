@@ -192,6 +192,18 @@ def submit(
     raise typer.Exit(code)
 
 
+def add_plugin_commands() -> None:
+    """Subcommands from the `vft.commands` entry points (tuner, serving): `trainer` depends on
+    neither package, they plug in."""
+    from importlib.metadata import entry_points
+
+    for ep in sorted(entry_points(group="vft.commands"), key=lambda ep: ep.name):
+        app.command(ep.name)(ep.load())
+
+
+add_plugin_commands()
+
+
 def main() -> None:
     app()
 
