@@ -1,20 +1,216 @@
-"""`vft export`, `vft serve`, `vft predict` (registered through the `vft.commands` entry points)."""
+"""`vft export`, `vft serve`, `vft predict` (registered through the `vft.commands` entry points).
+
+Exit codes as everywhere: 0 success, 1 failed (a parity gate with --check, a server error),
+2 bad usage or input (no such run, no export yet, a format this machine cannot build).
+"""
 
 from __future__ import annotations
 
+import json
+import signal
+import sys
+import threading
+from enum import Enum
 from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+out = Console(width=None if sys.stdout.isatty() else 120)  # tables stay whole in logs
+err = Console(stderr=True)
 
 
-def export(run_dir: Path) -> None:
-    """Export the best checkpoint to ONNX / INT8 / TensorRT, with a parity report."""
-    raise NotImplementedError
+def fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
 
 
-def serve(run_dir: Path) -> None:
-    """Serve RUN_DIR with Ray Serve on a local cluster."""
-    raise NotImplementedError
+def bad_input_errors() -> tuple[type[Exception], ...]:
+    from serving.backends import BackendError
+    from serving.export import ExportError
+    from trainer.config import ConfigError
+    from trainer.data import DataError
+    from trainer.images import BadImageError
+    from trainer.models import WeightsError
+
+    return BackendError, ExportError, ConfigError, DataError, BadImageError, WeightsError
 
 
-def predict(url: str, images: list[Path]) -> None:
-    """POST images to a running server; print the JSON answers."""
-    raise NotImplementedError
+class Backend(str, Enum):
+    onnx = "onnx"
+    int8 = "int8"
+    tensorrt = "tensorrt"
+    torch = "torch"
+
+
+class Int8Mode(str, Enum):
+    static = "static"
+    dynamic = "dynamic"
+
+
+class TrtPrecision(str, Enum):
+    fp16 = "fp16"
+    int8 = "int8"
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory of `vft train` (or `vft tune`'s best)")],
+    formats: Annotated[str, typer.Option("--format", help="onnx, int8, tensorrt")] = "onnx,int8",
+    check: Annotated[bool, typer.Option(help="exit 1 when a parity threshold is exceeded")] = False,
+    max_abs_diff: Annotated[float, typer.Option(help="ONNX FP32: largest |torch - onnx| output")] = 1e-3,
+    min_agreement: Annotated[float, typer.Option(help="ONNX FP32: least top-1 agreement")] = 0.99,
+    max_metric_drop: Annotated[float, typer.Option(help="INT8/TensorRT: largest metric drop")] = 0.01,
+    opset: Annotated[int, typer.Option(min=17, help="ONNX opset")] = 18,
+    int8_mode: Annotated[Int8Mode, typer.Option(help="static (QDQ, calibrated), dynamic")] = Int8Mode.static,
+    calibration_images: Annotated[int, typer.Option(min=1, help="training images for INT8")] = 256,
+    max_images: Annotated[int, typer.Option(min=1, help="validation images for the checks")] = 2000,
+    data: Annotated[Path | None, typer.Option(help="validation images (default: the run's data.val)")] = None,
+    trt_precision: Annotated[TrtPrecision, typer.Option(help="TensorRT precision")] = TrtPrecision.fp16,
+    trt_max_batch: Annotated[int, typer.Option(min=1, help="TensorRT profile's largest batch")] = 32,
+) -> None:
+    """Export the best checkpoint to ONNX / INT8 / TensorRT, checked against PyTorch on the
+    validation images; writes RUN_DIR/export/ and report.json."""
+    from serving.export import ExportOptions, Thresholds, export_run, parse_formats
+
+    try:
+        opts = ExportOptions(
+            formats=parse_formats(formats),
+            thresholds=Thresholds(max_abs_diff, min_agreement, max_metric_drop),
+            opset=opset, int8_mode=int8_mode.value, calibration_images=calibration_images,
+            max_images=max_images, data=data, trt_precision=trt_precision.value, trt_max_batch=trt_max_batch,
+        )  # fmt: skip
+        report = export_run(run_dir, opts)
+    except bad_input_errors() as exc:
+        fail(str(exc))
+    out.print(export_table(report))
+    out.print(f"report: {Path(run_dir, 'export', 'report.json')}")
+    unavailable = {f: r for f, r in report["formats"].items() if r["status"] == "unavailable"}
+    for fmt, result in unavailable.items():
+        err.print(f"{fmt}: not built: {result['reason']}", style="yellow", markup=False, highlight=False)
+    if check and not report["passed"]:
+        fail("parity check failed: " + "; ".join(
+            f"{fmt}: {', '.join(r['failed'])}" for fmt, r in report["formats"].items() if r.get("failed")
+        ), 1)  # fmt: skip
+    if unavailable:
+        raise typer.Exit(2)
+
+
+COLUMNS = ("format", "status", "max|diff|", "agree", "metric", "delta", "img/s 1|32", "vs onnx")
+
+
+def export_row(fmt: str, r: dict) -> list[str]:
+    if r["status"] == "unavailable":
+        return [fmt, "[yellow]unavailable", *[""] * 6]
+    status = "[green]passed" if r["status"] == "passed" else "[red]failed"
+    return [
+        fmt,
+        status,
+        f"{r['max_abs_diff']:.1e}",
+        f"{r['top1_agreement']:.3f}",
+        f"{r['value']:.4f}",
+        f"{r['metric_delta']:+.4f}",
+        f"{r['img_s_batch1']:.0f}|{r.get('img_s_batch32', 0):.0f}",
+        f"{r['speedup_vs_onnx_fp32']:.2f}x" if "speedup_vs_onnx_fp32" in r else "",
+    ]
+
+
+def export_table(report: dict) -> Table:
+    ref = report["torch"]
+    title = f"vft export: {report['run_dir']} (epoch {report['epoch']}, {report['images']} images)"
+    caption = f"metric: {ref['metric']}; agree: top-1 agreement with torch"
+    table = Table(title=title, box=box.SIMPLE_HEAD, caption=caption, pad_edge=False)
+    for column in COLUMNS:
+        table.add_column(column, justify="left" if column in ("format", "status") else "right", no_wrap=True)
+    img_s = f"{ref['img_s_batch1']:.0f}|{ref.get('img_s_batch32', 0):.0f}"
+    table.add_row("torch", "reference", "", "", f"{ref['value']:.4f}", "", img_s, "")
+    for fmt, result in report["formats"].items():
+        table.add_row(*export_row(fmt, result))
+    return table
+
+
+# ----------------------------------------------------------------------------- serve
+
+
+def serve(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory, exported for onnx/int8/tensorrt")],
+    backend: Annotated[Backend, typer.Option(help="inference backend")] = Backend.onnx,
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port")] = 8000,
+    replicas: Annotated[int, typer.Option(min=1, help="replicas (without --max-replicas)")] = 1,
+    max_replicas: Annotated[int, typer.Option(min=0, help="autoscale 1..N replicas (0: off)")] = 0,
+    max_batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    batch_wait_ms: Annotated[float, typer.Option(min=0, help="longest wait to fill a batch")] = 10.0,
+    max_ongoing_requests: Annotated[int, typer.Option(min=1, help="per replica")] = 64,
+    max_queued_requests: Annotated[int, typer.Option(help="beyond this, 503 (-1: no limit)")] = 256,
+    cpus_per_replica: Annotated[float, typer.Option(min=0)] = 1.0,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: local cluster)")] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="local cluster: Prometheus metrics port")] = None,
+) -> None:
+    """Serve RUN_DIR with Ray Serve: POST /v1/predict, GET /v1/model, /healthz, /docs. Ctrl-C stops."""
+    from ray import serve as ray_serve
+
+    from serving.app import DEPLOYMENT_NAME, ServeArgs, build_local_app
+    from serving.backends import check_servable
+    from trainer.run import init_ray
+
+    args = ServeArgs(run_dir=str(run_dir.resolve()), backend=backend.value, max_batch_size=max_batch_size,
+                     batch_wait_timeout_s=batch_wait_ms / 1000)  # fmt: skip
+    try:
+        check_servable(run_dir, backend.value)
+    except bad_input_errors() as exc:
+        fail(str(exc))
+    autoscaling = {"min_replicas": 1, "max_replicas": max_replicas} if max_replicas else None
+    deployment = {
+        "max_ongoing_requests": max_ongoing_requests,
+        "max_queued_requests": max_queued_requests,
+        "ray_actor_options": {"num_cpus": cpus_per_replica},
+    }
+    init_ray(address, **({"_metrics_export_port": metrics_port} if metrics_port else {}))
+    ray_serve.start(http_options={"host": host, "port": port})
+    app = build_local_app(args, replicas, autoscaling, deployment)
+    ray_serve.run(app, name="vft", route_prefix="/")
+    url = f"http://{host}:{port}"
+    out.print(f"serving {run_dir} ({backend.value}) as {DEPLOYMENT_NAME} at {url}", highlight=False)
+    routes = f"  POST {url}/v1/predict   GET {url}/v1/model   docs {url}/docs   Ctrl-C stops"
+    out.print(routes, highlight=False)
+    wait_for_stop()
+    err.print("stopping")
+    ray_serve.shutdown()
+
+
+def wait_for_stop() -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(0.5):
+        pass
+
+
+# ----------------------------------------------------------------------------- predict
+
+
+def predict(
+    url: Annotated[str, typer.Argument(help="the server, e.g. http://127.0.0.1:8000")],
+    images: Annotated[list[Path], typer.Argument(help="image files")],
+    timeout: Annotated[float, typer.Option(help="seconds per request")] = 60.0,
+) -> None:
+    """POST images to a running server; print one JSON answer per image."""
+    from serving.client import predict_files
+
+    missing = [str(p) for p in images if not p.is_file()]
+    if missing:
+        fail(f"image not found: {', '.join(missing)}")
+    answers = predict_files(url, images, timeout)
+    for answer in answers:
+        typer.echo(json.dumps(answer.to_json()))
+    statuses = [a.status for a in answers]
+    if any(s == 0 or s >= 500 for s in statuses):
+        raise typer.Exit(1)
+    if any(s != 200 for s in statuses):
+        raise typer.Exit(2)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -24,14 +25,28 @@ class ImageTooLargeError(BadImageError):
     pass
 
 
-def open_image(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None):
-    """Decode `source` (a path or raw bytes) to an RGB PIL image, or raise BadImageError."""
+class UnsupportedFormatError(BadImageError):
+    """A readable image in a format that is not allowed here."""
+
+
+def open_image(
+    source: str | Path | bytes,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    name: str | None = None,
+    formats: Collection[str] | None = None,
+):
+    """Decode `source` (a path or raw bytes) to an RGB PIL image, or raise BadImageError.
+    `formats` (Pillow names: JPEG, PNG, ...) limits what is accepted."""
     label = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
     fp = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(fp) as img:
+                if formats is not None and img.format not in formats:
+                    raise UnsupportedFormatError(
+                        f"{label}: {img.format} images are not accepted (allowed: {', '.join(formats)})"
+                    )
                 width, height = img.size
                 if width * height > max_pixels:
                     raise ImageTooLargeError(
@@ -45,7 +60,9 @@ def open_image(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
         raise ImageTooLargeError(f"{label}: too many pixels ({exc})") from None
     except FileNotFoundError:
         raise BadImageError(f"{label}: file not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except UnidentifiedImageError:
+        raise BadImageError(f"{label}: not a recognised image (unknown format or corrupt data)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise BadImageError(f"{label}: cannot decode image ({exc})") from None
 
 

@@ -343,6 +343,7 @@ def training_state(job: Job, epoch: int) -> dict:
 def restore(job: Job, directory: str) -> None:
     from safetensors.torch import load_file
 
+    configured = [dict(group) for group in job.step.optimizer.param_groups]
     state = ckpt.read_state(directory)
     weights = load_file(f"{directory}/{ckpt.MODEL_FILE}")
     job.model.load_state_dict(state.get("model", weights))
@@ -356,6 +357,26 @@ def restore(job: Job, directory: str) -> None:
     job.history, job.best, job.bad_epochs = state["history"], state["best"], state["bad_epochs"]
     job.start_epoch = state["epoch"]
     ckpt.set_rng_state(state["rng"])
+    keep_configured_hparams(job, configured)
+
+
+def keep_configured_hparams(job: Job, configured: list[dict]) -> None:
+    """Resuming under changed hyperparameters (PBT's explore step in `vft tune`, or an edited
+    config): the config's learning rates and weight decay win over the checkpoint's, rescaling
+    the schedule so its progress is kept. A no-op when they are unchanged."""
+    schedule = job.step.schedule.per_step
+    for i, (group, want) in enumerate(zip(job.step.optimizer.param_groups, configured)):
+        group["weight_decay"] = want["weight_decay"]
+        ratio = want["initial_lr"] / group["initial_lr"]
+        if ratio == 1.0:
+            continue
+        for key in ("lr", "initial_lr", "max_lr", "min_lr"):
+            if key in group:
+                group[key] *= ratio
+        for name in ("base_lrs", "max_lrs", "_last_lr"):
+            values = getattr(schedule, name, None)
+            if values:
+                values[i] *= ratio
 
 
 @contextlib.contextmanager

@@ -242,3 +242,23 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], head: tuple[s
         log.warning("dropped head weights with other shapes (new head): %s", ", ".join(dropped))
     model.load_state_dict({k: v for k, v in state.items() if k not in dropped}, strict=False)
     return dropped
+
+
+def model_from_checkpoint(directory: str | Path) -> tuple[nn.Module, dict]:
+    """The trained model of a checkpoint folder (model.safetensors + meta.json), in eval mode,
+    rebuilt from meta.json alone: no config, no hub. Returns (model, meta)."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    meta_file, weights_file = directory / "meta.json", directory / "model.safetensors"
+    for path in (meta_file, weights_file):
+        if not path.is_file():
+            raise WeightsError(f"{path}: not found (is {directory} a checkpoint folder?)")
+    meta = json.loads(meta_file.read_text())
+    m = meta["model"]
+    built = create_model(m["name"], meta["num_classes"], m["source"], "none")
+    try:
+        built.module.load_state_dict(load_file(str(weights_file)))
+    except (RuntimeError, OSError) as exc:
+        raise WeightsError(f"{weights_file}: does not fit {m['name']} ({exc})") from exc
+    return built.module.eval(), meta

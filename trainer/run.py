@@ -53,7 +53,7 @@ def run_dir_of(cfg: VftConfig) -> str:
     return ckpt.join(storage, cfg.run.name)
 
 
-def init_ray(address: str | None = None) -> None:
+def init_ray(address: str | None = None, **local_options) -> None:
     """Join `address` (or RAY_ADDRESS, as set inside a RayJob); otherwise start a private local
     cluster (the embedded default), never silently attaching to another one. Locally, worker
     logs stay in Ray's session folder: vft prints progress, epochs and worker errors itself."""
@@ -63,7 +63,7 @@ def init_ray(address: str | None = None) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(address="local", log_to_driver=False, configure_logging=False)
+        ray.init(address="local", log_to_driver=False, configure_logging=False, **local_options)
 
 
 def use_gpu(cfg: VftConfig) -> bool:
@@ -72,7 +72,7 @@ def use_gpu(cfg: VftConfig) -> bool:
     return bool(cfg.scaling.use_gpu)
 
 
-def make_trainer(cfg: VftConfig, run_dir: str, board=None):
+def make_trainer(cfg: VftConfig, run_dir: str, board=None, callbacks: list | None = None):
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -92,6 +92,7 @@ def make_trainer(cfg: VftConfig, run_dir: str, board=None):
             storage_path=storage,
             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
             logging_config=LoggingConfig(log_level="WARNING"),  # vft prints its own progress
+            callbacks=callbacks,  # e.g. `vft tune` forwarding reports to Ray Tune
             checkpoint_config=CheckpointConfig(
                 num_to_keep=cfg.run.keep_checkpoints,
                 checkpoint_score_attribute=cfg.train.monitor,
