@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
 
@@ -38,3 +39,36 @@ def shapes_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("shapes")
     shapes_classification(out, n_train=2000, n_val=300, size=32, seed=1)
     return out
+
+
+@pytest.fixture(scope="session")
+def digits_run(ray_cluster, digits_dir, tmp_path_factory) -> Path:
+    """configs/digits.yaml trained once (2 DDP workers, 6 epochs): shared by the training,
+    export and serving tests. Tests may add to it (export/) but never change best/."""
+    from typer.testing import CliRunner
+
+    from trainer.cli import app
+
+    storage = tmp_path_factory.mktemp("runs")
+    args = [
+        "train", str(ROOT / "configs/digits.yaml"), f"data.train={digits_dir}/train",
+        f"data.val={digits_dir}/val", f"run.storage={storage}", "--name", "digits", "--quiet",
+    ]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return storage / "digits"
+
+
+@pytest.fixture(scope="session")
+def exported_run(digits_run) -> tuple[Path, dict]:
+    """`vft export --format onnx,int8 --check` of the digits run: (run dir, report)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from trainer.cli import app
+
+    result = CliRunner().invoke(app, ["export", str(digits_run), "--format", "onnx,int8", "--check"])
+    assert result.exit_code == 0, result.output
+    return digits_run, json.loads((digits_run / "export" / "report.json").read_text())
+

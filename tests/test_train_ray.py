@@ -37,14 +37,6 @@ def digits_args(digits_dir: Path, storage: Path, *extra: str) -> list[str]:
     ]
 
 
-@pytest.fixture(scope="module")
-def digits_run(ray_cluster, digits_dir, tmp_path_factory) -> Path:
-    storage = tmp_path_factory.mktemp("runs")
-    result = vft(*digits_args(digits_dir, storage, "--name", "digits"))
-    assert result.exit_code == 0, result.output
-    return storage / "digits"
-
-
 def test_digits_reaches_90_percent_top1(digits_run):
     history = read_metrics_csv(str(digits_run / "metrics.csv"))
     assert [row["epoch"] for row in history] == list(range(1, 7))
