@@ -33,10 +33,19 @@ $(TOOLS)/helm:
 
 tools: $(TOOLS)/helm
 
+DEMO_PORT ?= 8000
+
+# Train on the digits, export (ONNX + INT8, parity-checked), serve with Ray Serve, ask it about
+# one validation image per class, stop the server.
 demo: venv
 	$(BIN)/vft data digits --out data/digits
 	rm -rf runs/demo
 	$(BIN)/vft train configs/digits.yaml --name demo
+	$(BIN)/vft export runs/demo --check
+	$(BIN)/vft serve runs/demo --port $(DEMO_PORT) & server=$$!; \
+	trap 'kill -INT $$server; wait $$server' EXIT; \
+	$(BIN)/vft predict http://127.0.0.1:$(DEMO_PORT) --wait 120 --top 1 \
+		$$(for d in data/digits/val/*/; do ls $$d*.png | head -1; done)
 
 lint: venv
 	$(BIN)/ruff check .

@@ -153,6 +153,7 @@ def serve(
     metrics_port: Annotated[int | None, typer.Option(help="local cluster: Prometheus metrics port")] = None,
 ) -> None:
     """Serve RUN_DIR with Ray Serve: POST /v1/predict, GET /v1/model, /healthz, /docs. Ctrl-C stops."""
+    import ray
     from ray import serve as ray_serve
 
     from serving.app import DEPLOYMENT_NAME, ServeArgs, build_local_app
@@ -181,7 +182,8 @@ def serve(
     out.print(routes, highlight=False)
     wait_for_stop()
     err.print("stopping")
-    ray_serve.shutdown()
+    ray_serve.delete("vft")  # on a shared cluster (--address) only this app goes
+    ray.shutdown()
 
 
 def wait_for_stop() -> None:
@@ -199,15 +201,21 @@ def predict(
     url: Annotated[str, typer.Argument(help="the server, e.g. http://127.0.0.1:8000")],
     images: Annotated[list[Path], typer.Argument(help="image files")],
     timeout: Annotated[float, typer.Option(help="seconds per request")] = 60.0,
+    wait: Annotated[float, typer.Option(help="wait up to N seconds for the server to be up")] = 0.0,
+    top: Annotated[int, typer.Option(min=0, help="print only the N best predictions (0: all)")] = 0,
 ) -> None:
     """POST images to a running server; print one JSON answer per image."""
-    from serving.client import predict_files
+    from serving.client import predict_files, wait_until_up
 
     missing = [str(p) for p in images if not p.is_file()]
     if missing:
         fail(f"image not found: {', '.join(missing)}")
+    if wait and not wait_until_up(url, wait):
+        fail(f"{url}: no healthy server after {wait:.0f} s", 1)
     answers = predict_files(url, images, timeout)
     for answer in answers:
+        if top and "predictions" in answer.body:
+            answer.body["predictions"] = answer.body["predictions"][:top]
         typer.echo(json.dumps(answer.to_json()))
     statuses = [a.status for a in answers]
     if any(s == 0 or s >= 500 for s in statuses):

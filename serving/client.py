@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import mimetypes
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +25,18 @@ def predict_url(url: str) -> str:
     """Accept the server's base URL or the endpoint itself."""
     url = url.rstrip("/")
     return url if url.endswith("/v1/predict") else f"{url}/v1/predict"
+
+
+def wait_until_up(url: str, seconds: float) -> bool:
+    """Poll GET /healthz until it answers 200 or `seconds` pass."""
+    health = predict_url(url).removesuffix("/v1/predict") + "/healthz"
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with contextlib.suppress(requests.RequestException):
+            if requests.get(health, timeout=5).status_code == 200:
+                return True
+        time.sleep(0.5)
+    return False
 
 
 def content_type(path: Path) -> str:

@@ -1,0 +1,226 @@
+"""Inference and serving benchmark: vft's runtimes against plain PyTorch, measured in one run.
+
+CPU (default):
+  * ONNX Runtime (vft export's model.onnx) / torch eager, at batch 1 and 32   (goal >= 1.3)
+  * INT8 static QDQ / FP32 ONNX Runtime, at batch 32                          (goal >= 1.5)
+  * Ray Serve end-to-end requests/s (real HTTP, JPEG bodies, 32 concurrent clients) / the
+    same backend called directly on preprocessed batches of 32                (goal >= 0.7)
+  * p50 / p99 latency through Ray Serve, under that load and for a single client
+GPU (--device cuda, on a lent machine): vft's torch backend (bf16, channels_last) and, where
+installed, TensorRT FP16 against plain fp32 torch eager, at batch 32 and 256.
+
+The model is an untrained `--model` (default resnet18) at `--size` (default 224) with 10
+classes: speed does not depend on the weights. INT8 is calibrated on generated images.
+Prints one JSON object as its last line.
+
+    python bench/serve.py [--model resnet18] [--size 224] [--seconds 3] [--device cpu|cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from serving import backends as B  # noqa: E402
+from serving.export import EvalSet, export_onnx, images_per_second, quantize_int8  # noqa: E402
+from trainer import checkpoint as ckpt  # noqa: E402
+from trainer.models import create_model  # noqa: E402
+from trainer.preprocess import Preprocessing  # noqa: E402
+
+
+def make_run_dir(root: Path, model_name: str, size: int, classes: int) -> tuple[Path, torch.nn.Module]:
+    """A run directory as `vft train` leaves it (best/ with weights and meta.json)."""
+    built = create_model(model_name, classes)
+    prep = Preprocessing(size, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bilinear", 0.875)
+    meta = ckpt.build_meta(
+        task="classification", classes=[f"class{i}" for i in range(classes)], multilabel=False,
+        model={"name": built.name, "source": built.source, "head": list(built.head)},
+        preprocessing=prep.to_meta(), metrics={}, epoch=0,
+        monitor={"metric": "val/top1", "mode": "max", "value": None}, training={},
+    )  # fmt: skip
+    run_dir = root / "run"
+    ckpt.write_checkpoint(run_dir / "best", built.module.state_dict(), meta, {})
+    return run_dir, built.module.eval()
+
+
+def export_formats(run_dir: Path, model: torch.nn.Module, size: int) -> None:
+    export_onnx(model, size, B.export_path(run_dir, B.ONNX_FILE), opset=18)
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(size=(16, 3, size, size)).astype(np.float32) for _ in range(4)]
+    calib = EvalSet(batches, torch.zeros(64), "generated")
+    quantize_int8(B.export_path(run_dir, B.ONNX_FILE), B.export_path(run_dir, B.INT8_FILE), calib, "static")
+
+
+def jpeg_bodies(size: int, n: int = 64) -> list[bytes]:
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    bodies = []
+    for _ in range(n):
+        pixels = rng.integers(0, 256, (size * 5 // 4, size * 5 // 4, 3), dtype=np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, "JPEG", quality=90)
+        bodies.append(buf.getvalue())
+    return bodies
+
+
+def runtime_ratios(run_dir: Path, model: torch.nn.Module, size: int, seconds: float) -> dict:
+    def eager(batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(torch.from_numpy(batch)).numpy()
+
+    onnx, int8 = B.create_backend("onnx", run_dir), B.create_backend("int8", run_dir)
+    x32 = np.random.default_rng(0).normal(size=(32, 3, size, size)).astype(np.float32)
+    rates = {}
+    for name, fn in (("torch", eager), ("onnx", onnx), ("int8", int8)):
+        for batch in (1, 32):
+            rates[f"{name}_b{batch}"] = images_per_second(fn, x32[:batch], seconds)
+            print(f"{name:6s} batch {batch:3d}: {rates[f'{name}_b{batch}']:8.1f} img/s", flush=True)
+    return {
+        "img_s": {k: round(v, 1) for k, v in rates.items()},
+        "onnx_vs_torch_b1": rates["onnx_b1"] / rates["torch_b1"],
+        "onnx_vs_torch_b32": rates["onnx_b32"] / rates["torch_b32"],
+        "int8_vs_onnx_b32": rates["int8_b32"] / rates["onnx_b32"],
+        "direct_onnx_b32": rates["onnx_b32"],
+    }
+
+
+def load(url: str, bodies: list[bytes], clients: int, seconds: float) -> tuple[float, list[float], int]:
+    """`clients` threads posting JPEGs for `seconds`: (requests/s, latencies in s, failures)."""
+    import requests
+
+    latencies: list[float] = []
+    failures = [0]
+    lock = threading.Lock()
+    deadline = time.perf_counter() + seconds
+
+    def client(k: int) -> None:
+        with requests.Session() as session:
+            i = k
+            while time.perf_counter() < deadline:
+                start = time.perf_counter()
+                body = bodies[i % len(bodies)]
+                r = session.post(url, data=body, headers={"content-type": "image/jpeg"}, timeout=60)
+                elapsed = time.perf_counter() - start
+                with lock:
+                    latencies.append(elapsed)
+                    failures[0] += r.status_code != 200
+                i += clients
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return len(latencies) / (time.perf_counter() - start), latencies, failures[0]
+
+
+def percentile_ms(values: list[float], q: float) -> float:
+    return round(float(np.percentile(values, q)) * 1000, 1)
+
+
+def serve_ratio(run_dir: Path, size: int, seconds: float, direct: float) -> dict:
+    import ray
+    from ray import serve
+
+    from serving.app import ServeArgs, build_local_app
+
+    ray.init(address="local", num_cpus=4, log_to_driver=False, configure_logging=False)
+    port = 18000 + np.random.default_rng().integers(0, 1000)
+    serve.start(http_options={"host": "127.0.0.1", "port": int(port)})
+    args = ServeArgs(run_dir=str(run_dir), backend="onnx", max_batch_size=32, batch_wait_timeout_s=0.01)
+    options = {"max_ongoing_requests": 64, "ray_actor_options": {"num_cpus": 1}}
+    serve.run(build_local_app(args, 1, None, options), name="bench", route_prefix="/")
+    url = f"http://127.0.0.1:{port}/v1/predict"
+    bodies = jpeg_bodies(size)
+    load(url, bodies, 32, 1.0)  # warm-up
+    rate, latencies, failures = load(url, bodies, 32, seconds * 2)
+    _, single, _ = load(url, bodies, 1, seconds)
+    import requests
+
+    sizes = requests.get(url.replace("/v1/predict", "/v1/stats"), timeout=10).json()["batch_sizes"]
+    serve.shutdown()
+    ray.shutdown()
+    mean_batch = sum(int(k) * v for k, v in sizes.items()) / max(1, sum(sizes.values()))
+    print(f"serve: {rate:.1f} req/s, 32 clients, mean batch {mean_batch:.1f}; direct b32: {direct:.1f} img/s")
+    return {
+        "serve_req_s": round(rate, 1),
+        "serve_vs_direct_b32": rate / direct,
+        "serve_failures": failures,
+        "serve_mean_batch": round(mean_batch, 1),
+        "p50_ms_32_clients": percentile_ms(latencies, 50),
+        "p99_ms_32_clients": percentile_ms(latencies, 99),
+        "p50_ms_1_client": percentile_ms(single, 50),
+        "p99_ms_1_client": percentile_ms(single, 99),
+    }
+
+
+def gpu_ratios(run_dir: Path, model: torch.nn.Module, size: int, seconds: float) -> dict:
+    model = model.cuda()
+
+    def eager(batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            out = model(torch.from_numpy(batch).cuda())
+            return out.cpu().numpy()
+
+    backends = {"torch_fp32_eager": eager, "vft_torch_bf16": B.create_backend("torch", run_dir)}
+    if B.tensorrt_unavailable() is None:
+        from serving.export import build_tensorrt
+
+        build_tensorrt(run_dir, B.export_path(run_dir, B.ONNX_FILE), size, "fp16", 256)
+        backends["tensorrt_fp16"] = B.create_backend("tensorrt", run_dir)
+    else:
+        print(f"tensorrt: {B.tensorrt_unavailable()}")
+    result: dict = {"gpu": torch.cuda.get_device_name(), "img_s": {}}
+    x = np.random.default_rng(0).normal(size=(256, 3, size, size)).astype(np.float32)
+    for batch in (32, 256):
+        for name, fn in backends.items():
+            rate = images_per_second(fn, x[:batch], seconds)
+            result["img_s"][f"{name}_b{batch}"] = round(rate, 1)
+            print(f"{name:18s} batch {batch:3d}: {rate:9.1f} img/s", flush=True)
+        base = result["img_s"][f"torch_fp32_eager_b{batch}"]
+        for name in backends:
+            if name != "torch_fp32_eager":
+                result[f"{name}_vs_fp32_b{batch}"] = round(result["img_s"][f"{name}_b{batch}"] / base, 3)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="resnet18")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--no-serve", action="store_true", help="skip the Ray Serve measurement")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir, model = make_run_dir(Path(tmp), args.model, args.size, 10)
+        export_formats(run_dir, model, args.size)
+        figures: dict = {"bench": "serve", "device": args.device, "model": args.model, "size": args.size}
+        if args.device == "cuda":
+            figures.update(gpu_ratios(run_dir, model, args.size, args.seconds))
+        else:
+            figures["threads"] = torch.get_num_threads()
+            figures.update(runtime_ratios(run_dir, model, args.size, args.seconds))
+            if not args.no_serve:
+                figures.update(serve_ratio(run_dir, args.size, args.seconds, figures["direct_onnx_b32"]))
+    rounded = {k: round(v, 3) if isinstance(v, float) else v for k, v in figures.items()}
+    print(json.dumps(rounded))
+
+
+if __name__ == "__main__":
+    main()
