@@ -20,6 +20,9 @@ FROM ${RAY_IMAGE}
 ARG TORCH_VERSION=2.14.1
 ARG TORCHVISION_VERSION=0.29.1
 ARG VFT_VERSION=0.1.0
+# onnxruntime (CPU, a base dependency) and onnxruntime-gpu share one module: the image keeps
+# only the GPU build (CUDA 12), reinstalled after the project.
+ARG ONNXRUNTIME_VERSION=1.23.2
 LABEL org.opencontainers.image.title="vft" \
       org.opencontainers.image.description="Fine-tune, sweep and serve vision models with Ray" \
       org.opencontainers.image.version="${VFT_VERSION}" \
@@ -30,6 +33,8 @@ ENV PYTHONUNBUFFERED=1 \
 COPY --from=build --chown=1000:100 /home/ray/wheels /tmp/wheels
 RUN python -m pip install --no-cache-dir "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}" \
     && python -m pip install --no-cache-dir "/tmp/wheels/vft-${VFT_VERSION}-py3-none-any.whl[gpu]" \
+    && python -m pip uninstall -y onnxruntime onnxruntime-gpu \
+    && python -m pip install --no-cache-dir --no-deps "onnxruntime-gpu==${ONNXRUNTIME_VERSION}" \
     && rm -rf /tmp/wheels \
     && vft --help > /dev/null
 USER 1000:100

@@ -104,6 +104,8 @@ def test_rendered_objects_match_their_schemas(rendered, crd_schemas):
 def test_serve_config_matches_ray_serve_schema(rendered):
     from ray.serve.schema import ServeDeploySchema
 
+    from serving.app import ServeArgs
+
     values, docs = rendered
     if values["workload"] != "serve":
         assert not by_kind(docs, "RayService")
@@ -116,7 +118,9 @@ def test_serve_config_matches_ray_serve_schema(rendered):
     assert app["import_path"] == "serving.app:build_app"
     serve = values["serve"]
     run_dir = f"/mnt/vft/runs/{values['run']['name']}" if values["storage"]["type"] == "pvc" else None
-    assert app["args"] == {"run_dir": serve["modelUri"] or run_dir, "backend": serve["backend"]}
+    args = ServeArgs.model_validate(app["args"])  # what serving.app:build_app accepts
+    assert (args.run_dir, args.backend) == (serve["modelUri"] or run_dir, serve["backend"])
+    assert (args.max_batch_size, args.max_body_bytes) == (serve["maxBatchSize"], serve["maxBodyBytes"])
     (deployment,) = app["deployments"]
     assert deployment["name"] == serve["deploymentName"]
     assert deployment["ray_actor_options"]["num_gpus"] == serve["gpusPerReplica"]
