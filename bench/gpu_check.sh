@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One prepared script for a lent GPU machine (see bench/RESULTS.md): an end-to-end `vft train`
-# on Ray with one GPU worker (precision auto -> bf16, NCCL), then bench/train_step.py eager and
-# compiled. Run from the repository root with the wheels from ../shared/tools/device-wheels in
-# .whl (carried); logs land in $OUT.
+# on Ray with one GPU worker (precision auto -> bf16, NCCL), bench/train_step.py eager and
+# compiled (section `train`), and bench/serve.py's GPU mode (section `serve`). Run from the
+# repository root with the wheels from ../shared/tools/device-wheels in .whl (carried); logs
+# land in $OUT. SECTIONS="train serve" (default) picks what runs.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
@@ -11,6 +12,9 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__)" | tee -a "$OUT/gpu.txt"
 
+SECTIONS=${SECTIONS:-train serve}
+
+if [[ " $SECTIONS " == *" train "* ]]; then
 python3 -m trainer.cli data digits --out /tmp/digits --size 64 > /dev/null
 timeout 150 python3 -m trainer.cli train configs/digits.yaml data.train=/tmp/digits/train data.val=/tmp/digits/val \
   data.img_size=64 data.num_workers=4 scaling.num_workers=1 train.epochs=3 train.channels_last=true \
@@ -21,3 +25,10 @@ python3 -c "import json; m=json.load(open('/tmp/runs/gpu/best/meta.json')); prin
 
 timeout 150 python3 bench/train_step.py --device cuda 2>&1 | tee "$OUT/train_step_eager.log"
 timeout 240 python3 bench/train_step.py --device cuda --compile --rounds 2 2>&1 | tee "$OUT/train_step_compiled.log"
+fi
+
+if [[ " $SECTIONS " == *" serve "* ]]; then
+for model in resnet50 vit_base_patch16_224; do
+  timeout 150 python3 bench/serve.py --device cuda --model $model --size 224 2>&1 | tee "$OUT/serve_gpu_$model.log"
+done
+fi

@@ -180,6 +180,8 @@ def gpu_ratios(run_dir: Path, model: torch.nn.Module, size: int, seconds: float)
     if B.tensorrt_unavailable() is None:
         from serving.export import build_tensorrt
 
+        export_onnx(model.cpu(), size, B.export_path(run_dir, B.ONNX_FILE), opset=18)
+        model.cuda()
         build_tensorrt(run_dir, B.export_path(run_dir, B.ONNX_FILE), size, "fp16", 256)
         backends["tensorrt_fp16"] = B.create_backend("tensorrt", run_dir)
     else:
@@ -209,11 +211,11 @@ def main() -> None:
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         run_dir, model = make_run_dir(Path(tmp), args.model, args.size, 10)
-        export_formats(run_dir, model, args.size)
         figures: dict = {"bench": "serve", "device": args.device, "model": args.model, "size": args.size}
         if args.device == "cuda":
             figures.update(gpu_ratios(run_dir, model, args.size, args.seconds))
         else:
+            export_formats(run_dir, model, args.size)
             figures["threads"] = torch.get_num_threads()
             figures.update(runtime_ratios(run_dir, model, args.size, args.seconds))
             if not args.no_serve:
