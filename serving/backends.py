@@ -127,6 +127,8 @@ def onnx_session(path: Path, threads: int | None = None, cpu_only: bool = False)
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         options.intra_op_num_threads = threads
+    # no busy-waiting between runs: a replica shares its CPUs with decoding and HTTP
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     available = ort.get_available_providers()
     providers = [p for p in ("CUDAExecutionProvider",) if p in available and not cpu_only]
     return ort.InferenceSession(str(path), options, providers=[*providers, "CPUExecutionProvider"])

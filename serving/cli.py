@@ -222,3 +222,93 @@ def predict(
         raise typer.Exit(1)
     if any(s != 200 for s in statuses):
         raise typer.Exit(2)
+
+
+# ----------------------------------------------------------------------------- eval
+
+
+class EvalBackend(str, Enum):
+    torch = "torch"
+    onnx = "onnx"
+    int8 = "int8"
+
+
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory (exported for onnx/int8)")],
+    data: Annotated[list[str], typer.Option(help="PATH or NAME=PATH; repeat for more domains")],
+    backend: Annotated[
+        EvalBackend, typer.Option(help="torch (the checkpoint) or an export")
+    ] = EvalBackend.torch,
+    name: Annotated[
+        str | None, typer.Option(help="report name: RUN_DIR/eval/NAME (default: backend)")
+    ] = None,
+    corruptions: Annotated[str, typer.Option(help="comma-separated names, 'all' or 'none'")] = "all",
+    severities: Annotated[str, typer.Option(help="comma-separated, 1..5")] = "1,2,3,4,5",
+    eps: Annotated[str, typer.Option(help="L-inf budgets in 1/255 units, comma-separated")] = "0,1,2,4,8",
+    attacks: Annotated[str, typer.Option(help="fgsm,pgd or 'none'")] = "fgsm,pgd",
+    pgd_steps: Annotated[int, typer.Option(min=1)] = 10,
+    max_images: Annotated[int, typer.Option(min=1, help="images per domain")] = 1000,
+) -> None:
+    """Robustness, adversarial, cross-domain and calibration report for a trained model."""
+    from serving.evaluate import EvalError, EvalOptions, evaluate_run, parse_domains
+    from trainer.robustness import list_corruptions
+
+    try:
+        named = {"all": list_corruptions(), "none": []}
+        chosen = named[corruptions] if corruptions in named else split_list(corruptions, str)
+        opts = EvalOptions(
+            corruptions=tuple(chosen), severities=tuple(split_list(severities, int, "--severities")),
+            eps=tuple(v / 255 for v in split_list(eps, float, "--eps")),
+            attacks=() if attacks == "none" else tuple(split_list(attacks, str)), pgd_steps=pgd_steps,
+            max_images=max_images,
+        )  # fmt: skip
+        bad = [a for a in opts.attacks if a not in ("fgsm", "pgd")] + [
+            s for s in opts.severities if not 1 <= s <= 5
+        ]
+        if bad:
+            raise EvalError(f"--attacks/--severities: unknown {', '.join(map(str, bad))}")
+        report = evaluate_run(run_dir, parse_domains(data), backend.value, name or backend.value, opts)
+    except (EvalError, *bad_input_errors()) as exc:
+        fail(str(exc))
+    for table in eval_tables(report):
+        out.print(table)
+    out.print(f"report: {Path(run_dir, 'eval', report['name'], 'report.md')}")
+
+
+def split_list(text: str, kind, option: str = "") -> list:
+    try:
+        return [kind(item.strip()) for item in text.split(",") if item.strip()]
+    except ValueError:
+        fail(f"{option}: cannot read '{text}' as a comma-separated list")
+
+
+def table_of(title: str, header: list[str], rows: list[list[str]]) -> Table:
+    table = Table(title=title, box=box.SIMPLE_HEAD)
+    for i, column in enumerate(header):
+        table.add_column(column, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def eval_tables(report: dict) -> list[Table]:
+    rows = []
+    for name, d in report["domains"].items():
+        label = (
+            f"{name} [red](worst)" if name == report["worst_domain"] and len(report["domains"]) > 1 else name
+        )
+        rows.append([label, str(d["images"]), f"{d['top1']:.4f}", f"{d['f1']:.4f}", f"{d['ece']:.4f}"])
+    title = f"vft eval: {report['name']} ({report['runtime']})"
+    tables = [table_of(title, ["domain", "images", "top-1", "macro F1", "ECE"], rows)]
+    if c := report["corruptions"]:
+        severities = list(next(iter(c["top1"].values())))
+        rows = [[name, *(f"{row[s]:.3f}" for s in severities), f"{c['per_corruption_top1'][name]:.3f}"]
+                for name, row in c["top1"].items()]  # fmt: skip
+        title = f"corruptions: clean {c['clean_top1']:.4f}, mCE {c['mean_corruption_error']:.4f}"
+        tables.append(table_of(title, ["corruption", *(f"s{s}" for s in severities), "mean"], rows))
+    if a := report["adversarial"]:
+        eps = list(next(iter(a["top1"].values())))
+        rows = [[attack, *(f"{row[e]:.3f}" for e in eps)] for attack, row in a["top1"].items()]
+        header = ["attack", *(f"{float(e) * 255:.3g}/255" for e in eps)]
+        tables.append(table_of(f"adversarial top-1 (L-inf, PGD {a['pgd_steps']} steps)", header, rows))
+    return tables

@@ -124,8 +124,7 @@ def monitored_metric(meta: dict, outputs: np.ndarray, targets: torch.Tensor) -> 
     name = meta["monitor"]["metric"]
     metrics = get_task(meta["task"]).create_metrics(meta["num_classes"], meta["multilabel"])
     metrics.update(torch.from_numpy(outputs), targets)
-    with contextlib.redirect_stderr(io.StringIO()):
-        scalars, _ = metrics.compute("val/")
+    scalars, _ = metrics.compute("val/")
     return name, scalars[name]
 
 

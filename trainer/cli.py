@@ -78,6 +78,20 @@ def data_shapes(
     out.print(f"wrote {counts['train']} train and {counts['val']} val images ({task.value}) to {out_dir}")
 
 
+@data_app.command("shift")
+def data_shift(
+    src: Annotated[Path, typer.Option(help="an ImageFolder tree, e.g. data/digits/val")],
+    out_dir: Annotated[Path, typer.Option("--out", help="output folder")],
+    seed: int = 0,
+) -> None:
+    """Another domain of the same classes: images recoloured over textured backgrounds (`vft eval`)."""
+    from trainer.generate import shifted_domain
+
+    if not src.is_dir():
+        fail(f"--src: {src} is not a folder")
+    out.print(f"wrote {shifted_domain(src, out_dir, seed)} shifted images to {out_dir}")
+
+
 @app.command()
 def validate(
     config: Path, overrides: Annotated[list[str] | None, typer.Argument(help="dotted.key=value")] = None

@@ -237,6 +237,7 @@ class TrainConfig(_Strict):
     ema: EmaConfig = EmaConfig()
     sync_bn: bool = False
     seed: int = 0
+    robust_val: bool = Field(False, description="also validate under light corruptions: val/robust_acc")
 
 
 class ScalingSection(_Strict):
@@ -279,6 +280,8 @@ class VftConfig(_Strict):
         monitor = self.train.monitor or task.default_monitor(self.data.multilabel)
         if monitor not in names:
             raise ValueError(f"train.monitor: unknown metric '{monitor}'; allowed: {', '.join(names)}")
+        if monitor == "val/robust_acc" and not self.train.robust_val:
+            raise ValueError("train.monitor: val/robust_acc needs train.robust_val=true")
         mode = self.train.mode or ("min" if monitor.endswith("loss") else "max")
         if (self.train.monitor, self.train.mode) != (monitor, mode):
             self.train = self.train.model_copy(update={"monitor": monitor, "mode": mode})

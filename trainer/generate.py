@@ -118,3 +118,23 @@ def shapes_classification(
             label = classes[i % len(classes)]
             _write(out, split, label, i, shape_image(rng, label, size))
     return {"train": n_train, "val": n_val}
+
+
+def shifted_domain(src: str | Path, out: str | Path, seed: int = 0) -> int:
+    """Another domain for the same classes: every image of the ImageFolder tree `src`, its
+    intensity used as the mask of a random bright colour over a random textured background
+    (the digits' strokes recoloured on noise, gradients or stripes). Returns the image count."""
+    src, out = Path(src), Path(out)
+    rng = np.random.default_rng(seed)
+    count = 0
+    for path in sorted(src.rglob("*.png")):
+        gray = np.asarray(Image.open(path).convert("L"), np.float32)[..., None] / 255
+        side = max(gray.shape[:2])
+        background = _texture(rng, side)[: gray.shape[0], : gray.shape[1]] / 255 * 0.6
+        colour = rng.uniform(0.6, 1.0, 3)
+        pixels = background * (1 - gray) + colour * gray
+        dest = out / path.relative_to(src)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((pixels * 255).clip(0, 255).astype(np.uint8)).save(dest)
+        count += 1
+    return count

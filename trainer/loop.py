@@ -280,7 +280,39 @@ def evaluate(job: Job) -> tuple[dict, dict]:
         with autocast(job.precision, job.device):
             logits = model(images)
         job.metrics.update(logits, targets, job.step.criterion(logits.float(), targets))
-    return job.metrics.compute("val/")
+    scalars, tables = job.metrics.compute("val/")
+    if job.cfg.train.robust_val:
+        scalars["val/robust_acc"] = robust_accuracy(job, model)
+    return scalars, tables
+
+
+def robust_accuracy(job: Job, model: nn.Module) -> float:
+    """Top-1 over the validation set under a light corruption set (noise, blur, contrast, JPEG
+    at severity 3), counted across workers."""
+    from trainer.robustness import ROBUST_VAL_SET, Normalizer, corrupt
+
+    norm = Normalizer(job.prep.mean, job.prep.std, job.device)
+    counts = torch.zeros(2, dtype=torch.float64, device=job.device)
+    for i, (images, targets, _) in enumerate(job.val_loader):
+        if images is None:
+            continue
+        pixels = norm.to_pixels(images.to(job.device))
+        targets = targets.to(job.device)
+        for name, severity in ROBUST_VAL_SET:
+            inputs = norm.to_inputs(corrupt(pixels, name, severity, seed=i)).contiguous(
+                memory_format=job.step.memory_format
+            )
+            with autocast(job.precision, job.device):
+                predicted = model(inputs).argmax(1)
+            counts += torch.stack(
+                [
+                    (predicted == targets).sum().double(),
+                    torch.tensor(len(targets), device=job.device, dtype=torch.float64),
+                ]
+            )
+    if job.world > 1:
+        dist.all_reduce(counts)
+    return float(counts[0] / counts[1].clamp(min=1))
 
 
 def improved(job: Job, value: float, min_delta: float = 0.0) -> bool:

@@ -12,7 +12,7 @@ def metric_names(multilabel: bool = False) -> list[str]:
     scores = (
         ["map", "accuracy", "precision", "recall", "f1"]
         if multilabel
-        else ["top1", "top5", "precision", "recall", "f1"]
+        else ["top1", "top5", "precision", "recall", "f1", "robust_acc"]  # robust_acc: train.robust_val
     )
     return ["train/loss", "val/loss", *[f"val/{s}" for s in scores]]
 
@@ -61,7 +61,8 @@ class ClassificationMetrics:
     def compute(self, prefix: str = "val/") -> tuple[dict[str, float], dict[str, list]]:
         """Scalars ({'val/top1': ...}) and tables ({'per_class_acc': [...], 'confusion': [[...]]})."""
         scalars = {f"{prefix}{k}": float(v) for k, v in self.scalars.compute().items()}
-        scalars[f"{prefix}loss"] = float(self.loss.compute())
+        if self.loss.update_called:  # evaluation without a loss (export checks, vft eval) has none
+            scalars[f"{prefix}loss"] = float(self.loss.compute())
         tables = {"per_class_acc": [float(v) for v in self.per_class.compute()]}
         if self.confusion is not None:
             tables["confusion"] = self.confusion.compute().int().tolist()

@@ -61,3 +61,54 @@ def confusion_matrix(matrix: list[list[int]], classes: list[str], path: str | Pa
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def reliability_diagram(bins: list[dict], ece: float, path: str | Path) -> None:
+    """Accuracy against confidence per bin, with the diagonal of perfect calibration."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    used = [b for b in bins if b["count"]]
+    centres = [(b["lo"] + b["hi"]) / 2 for b in used]
+    width = bins[0]["hi"] - bins[0]["lo"] if bins else 0.1
+    ax.bar(centres, [b["accuracy"] for b in used], width=width * 0.95, edgecolor="black", label="accuracy")
+    ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
+    ax.plot(centres, [b["confidence"] for b in used], "o", color="red", label="mean confidence")
+    ax.set(
+        xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy", title=f"reliability (ECE {ece:.3f})"
+    )
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def corruption_heatmap(table: dict[str, dict[str, float]], path: str | Path) -> None:
+    """Top-1 per corruption (rows) and severity (columns)."""
+    names = list(table)
+    severities = list(next(iter(table.values())))
+    values = [[table[n][s] for s in severities] for n in names]
+    fig, ax = plt.subplots(figsize=(1.2 * len(severities) + 3, 0.5 * len(names) + 1.5))
+    image = ax.imshow(values, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
+    fig.colorbar(image, ax=ax, fraction=0.046, label="top-1")
+    ax.set_xticks(range(len(severities)), [f"severity {s}" for s in severities])
+    ax.set_yticks(range(len(names)), names)
+    for i, row in enumerate(values):
+        for j, value in enumerate(row):
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8)
+    ax.set_title("accuracy under corruption")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def accuracy_vs_eps(table: dict[str, dict[str, float]], path: str | Path) -> None:
+    """Top-1 against the L-inf budget, one line per attack."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for attack, row in table.items():
+        eps = [float(e) * 255 for e in row]
+        ax.plot(eps, list(row.values()), "o-", label=attack)
+    ax.set(xlabel="eps (x 1/255)", ylabel="top-1", ylim=(0, 1.02), title="accuracy under attack (L-inf)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,206 @@
+"""`vft eval` and its building blocks: corruptions, FGSM/PGD, ECE, cross-domain metrics, the
+ONNX backend, reports, bad input, and `train.robust_val` in the training loop."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from trainer import robustness as R
+from trainer.cli import app
+from trainer.generate import shifted_domain
+from trainer.runlog import read_metrics_csv
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+def vft(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def eval_report(run_dir: Path, name: str, *args) -> dict:
+    result = vft("eval", run_dir, "--name", name, *args)
+    assert result.exit_code == 0, result.output
+    return json.loads((run_dir / "eval" / name / "report.json").read_text())
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+
+@pytest.mark.parametrize("name", R.list_corruptions())
+def test_corruptions_keep_shape_and_range_are_seeded_and_grow_with_severity(name):
+    images = torch.rand(4, 3, 48, 40, generator=torch.Generator().manual_seed(0))
+    changes = []
+    for severity in R.SEVERITIES:
+        out = R.corrupt(images, name, severity, seed=3)
+        assert out.shape == images.shape and out.dtype == torch.float32
+        assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+        assert torch.equal(out, R.corrupt(images, name, severity, seed=3))
+        changes.append(float((out - images).abs().mean()))
+    assert changes[-1] > changes[0] > 0, changes
+
+
+def test_unknown_corruption_and_severity_are_errors():
+    with pytest.raises(KeyError, match="unknown corruption 'fog'"):
+        R.corrupt(torch.rand(1, 3, 8, 8), "fog", 1)
+    with pytest.raises(ValueError, match="severity"):
+        R.corrupt(torch.rand(1, 3, 8, 8), "contrast", 6)
+
+
+def test_pgd_stays_in_the_eps_ball_and_fgsm_at_zero_changes_nothing():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
+    norm = R.Normalizer((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    pixels, labels = torch.rand(6, 3, 8, 8), torch.randint(0, 4, (6,))
+    adv = R.pgd(model, norm, pixels, labels, eps=4 / 255, steps=5)
+    assert float((adv - pixels).abs().max()) <= 4 / 255 + 1e-6
+    assert float(adv.min()) >= 0.0 and float(adv.max()) <= 1.0
+    assert torch.equal(R.fgsm(model, norm, pixels, labels, 0.0), pixels)
+    loss = torch.nn.functional.cross_entropy
+    before = loss(model(norm.to_inputs(pixels)), labels)
+    after = loss(model(norm.to_inputs(R.fgsm(model, norm, pixels, labels, 8 / 255))), labels)
+    assert after > before
+
+
+def test_ece_matches_a_hand_computed_example():
+    # confidence, prediction, label: (0.9, 0, 0) right, (0.85, 0, 1) wrong, (0.65, 0, 0) right,
+    # (0.7, 1, 1) right, (0.55, 1, 0) wrong. Five bins of width 0.2:
+    # (0.8, 1]: acc 0.5, conf 0.875 -> 2/5 * 0.375 = 0.15
+    # (0.6, 0.8]: acc 1, conf 0.675 -> 2/5 * 0.325 = 0.13
+    # (0.4, 0.6]: acc 0, conf 0.55 -> 1/5 * 0.55 = 0.11            ECE = 0.39
+    probs = torch.tensor([[0.9, 0.1], [0.85, 0.15], [0.65, 0.35], [0.3, 0.7], [0.45, 0.55]])
+    labels = torch.tensor([0, 1, 0, 1, 0])
+    assert R.expected_calibration_error(probs, labels, n_bins=5) == pytest.approx(0.39, abs=1e-6)
+    bins = R.reliability_bins(probs, labels, n_bins=5)
+    assert [b["count"] for b in bins] == [0, 0, 1, 2, 2]
+    assert sum(
+        b["count"] / 5 * abs(b["accuracy"] - b["confidence"]) for b in bins if b["count"]
+    ) == pytest.approx(0.39, abs=1e-6)
+
+
+# ----------------------------------------------------------------------------- vft eval on a trained run
+
+
+def test_corruption_accuracy_falls_with_severity_and_reports_are_written(digits_run, digits_dir):
+    report = eval_report(
+        digits_run, "corrupt", "--data", digits_dir / "val", "--attacks", "none", "--max-images", "200"
+    )
+    c = report["corruptions"]
+    by_severity = [c["by_severity"][str(s)] for s in R.SEVERITIES]
+    assert by_severity[0] >= by_severity[2] >= by_severity[4], by_severity
+    assert sum(by_severity[:2]) / 2 > sum(by_severity[3:]) / 2
+    assert c["clean_top1"] == report["domains"]["val"]["top1"] >= 0.9
+    assert set(c["top1"]) == set(R.list_corruptions())
+    mean_acc = sum(c["per_corruption_top1"].values()) / len(c["per_corruption_top1"])
+    assert c["mean_corruption_error"] == pytest.approx(1 - mean_acc)
+    assert c["relative_drop"] == pytest.approx((c["clean_top1"] - mean_acc) / c["clean_top1"])
+    out = digits_run / "eval" / "corrupt"
+    for name in ("report.json", "report.md", "corruptions.png", "reliability.png", "confusion_matrix.png"):
+        assert (out / name).stat().st_size > 100, name
+    assert "| gaussian_noise |" in (out / "report.md").read_text()
+
+
+def test_fgsm_at_eps_0_is_clean_accuracy_and_larger_eps_lowers_it(digits_run, digits_dir):
+    report = eval_report(
+        digits_run,
+        "adv",
+        "--data",
+        digits_dir / "val",
+        "--corruptions",
+        "none",
+        "--eps",
+        "0,8",
+        "--pgd-steps",
+        "3",
+        "--max-images",
+        "200",
+    )
+    clean = report["domains"]["val"]["top1"]
+    fgsm, pgd = report["adversarial"]["top1"]["fgsm"], report["adversarial"]["top1"]["pgd"]
+    assert fgsm["0"] == clean and pgd["0"] == clean
+    eps8 = f"{8 / 255:.6g}"
+    assert fgsm[eps8] < clean - 0.05 and pgd[eps8] <= fgsm[eps8] + 0.02
+    assert (digits_run / "eval" / "adv" / "adversarial.png").stat().st_size > 100
+
+
+def test_a_shifted_domain_gets_its_own_metrics(digits_run, digits_dir, tmp_path):
+    assert shifted_domain(digits_dir / "val", tmp_path / "shifted", seed=1) == 360
+    report = eval_report(
+        digits_run,
+        "domains",
+        "--data",
+        digits_dir / "val",
+        "--data",
+        f"recoloured={tmp_path / 'shifted'}",
+        "--corruptions",
+        "none",
+        "--attacks",
+        "none",
+    )
+    domains = report["domains"]
+    assert set(domains) == {"val", "recoloured"}
+    assert domains["recoloured"]["images"] == 360 and len(domains["recoloured"]["per_class_acc"]) == 10
+    assert domains["recoloured"]["top1"] < domains["val"]["top1"]
+    assert report["worst_domain"] == "recoloured"
+    assert sum(map(sum, domains["recoloured"]["confusion"])) == 360
+
+
+def test_onnx_backend_matches_pytorch_clean_accuracy(exported_run, digits_dir):
+    run_dir, _ = exported_run
+    common = ["--data", digits_dir / "val", "--corruptions", "none", "--attacks", "none"]
+    torch_report = eval_report(run_dir, "t", "--backend", "torch", *common)
+    onnx_report = eval_report(run_dir, "o", "--backend", "onnx", *common)
+    assert onnx_report["runtime"].startswith("onnxruntime")
+    assert abs(onnx_report["domains"]["val"]["top1"] - torch_report["domains"]["val"]["top1"]) <= 0.003
+
+
+def test_missing_or_empty_datasets_exit_2(digits_run, tmp_path):
+    (tmp_path / "empty").mkdir()
+    for data, message in ((tmp_path / "nope", "does not exist"), (tmp_path / "empty", "empty")):
+        result = vft("eval", digits_run, "--data", data)
+        assert result.exit_code == 2, result.output
+        assert message in result.output and str(data.name) in result.output
+    result = vft("eval", digits_run, "--data", tmp_path / "empty", "--corruptions", "fog")
+    assert result.exit_code == 2 and "--corruptions: unknown fog" in result.output
+
+
+# ----------------------------------------------------------------------------- robustness while training
+
+
+def test_robust_val_adds_val_robust_acc_to_each_epoch(ray_cluster, digits_dir, tmp_path):
+    result = vft(
+        "train",
+        ROOT / "configs/digits.yaml",
+        f"data.train={digits_dir}/train",
+        f"data.val={digits_dir}/val",
+        f"run.storage={tmp_path}",
+        "train.epochs=2",
+        "data.img_size=16",
+        "train.robust_val=true",
+        "train.monitor=val/robust_acc",
+        "--name",
+        "robust",
+        "--quiet",
+    )
+    assert result.exit_code == 0, result.output
+    history = read_metrics_csv(str(tmp_path / "robust" / "metrics.csv"))
+    assert len(history) == 2
+    assert all(0.0 <= row["val/robust_acc"] <= row["val/top1"] + 0.05 for row in history)
+    meta = json.loads((tmp_path / "robust" / "best" / "meta.json").read_text())
+    assert meta["monitor"]["metric"] == "val/robust_acc"
+
+
+def test_robust_acc_monitor_needs_robust_val(digits_dir):
+    result = vft(
+        "validate",
+        ROOT / "configs/digits.yaml",
+        f"data.train={digits_dir}/train",
+        "train.monitor=val/robust_acc",
+    )
+    assert result.exit_code == 2
+    assert "val/robust_acc needs train.robust_val=true" in result.output
