@@ -132,6 +132,28 @@ def percentile_ms(values: list[float], q: float) -> float:
     return round(float(np.percentile(values, q)) * 1000, 1)
 
 
+def pipeline_rate(run_dir: Path, bodies: list[bytes], seconds: float) -> float:
+    """Requests/s of the serving pipeline called in-process, without Ray Serve or HTTP: decode and
+    preprocess each body (as the replica does, same code), the backend at batch 32, answers."""
+    from serving.app import classification_answer
+    from trainer.images import open_image
+    from trainer.preprocess import eval_transform
+
+    meta = B.read_run_meta(run_dir)
+    transform = eval_transform(Preprocessing.from_meta(meta["preprocessing"]))
+    backend = B.create_backend("onnx", run_dir)
+
+    def answer(chunk: list[bytes]) -> list[dict]:
+        batch = np.stack([transform(open_image(body)).numpy() for body in chunk])
+        return [classification_answer(scores, meta, 5) for scores in backend(batch)]
+
+    answer(bodies[:32])
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        done += len(answer([bodies[(done + i) % len(bodies)] for i in range(32)]))
+    return done / (time.perf_counter() - start)
+
+
 def serve_ratio(run_dir: Path, size: int, seconds: float, direct: float) -> dict:
     import ray
     from ray import serve
@@ -146,6 +168,7 @@ def serve_ratio(run_dir: Path, size: int, seconds: float, direct: float) -> dict
     serve.run(build_local_app(args, 1, None, options), name="bench", route_prefix="/")
     url = f"http://127.0.0.1:{port}/v1/predict"
     bodies = jpeg_bodies(size)
+    pipeline = pipeline_rate(run_dir, bodies, seconds)
     load(url, bodies, 32, 1.0)  # warm-up
     rate, latencies, failures = load(url, bodies, 32, seconds * 2)
     _, single, _ = load(url, bodies, 1, seconds)
@@ -155,10 +178,13 @@ def serve_ratio(run_dir: Path, size: int, seconds: float, direct: float) -> dict
     serve.shutdown()
     ray.shutdown()
     mean_batch = sum(int(k) * v for k, v in sizes.items()) / max(1, sum(sizes.values()))
-    print(f"serve: {rate:.1f} req/s, 32 clients, mean batch {mean_batch:.1f}; direct b32: {direct:.1f} img/s")
+    print(f"serve: {rate:.1f} req/s (32 clients, mean batch {mean_batch:.1f}); in-process pipeline: "
+          f"{pipeline:.1f} req/s; model alone: {direct:.1f} img/s (batch 32)")  # fmt: skip
     return {
         "serve_req_s": round(rate, 1),
-        "serve_vs_direct_b32": rate / direct,
+        "pipeline_req_s": round(pipeline, 1),
+        "serve_vs_pipeline_b32": rate / pipeline,
+        "serve_vs_model_b32": rate / direct,
         "serve_failures": failures,
         "serve_mean_batch": round(mean_batch, 1),
         "p50_ms_32_clients": percentile_ms(latencies, 50),

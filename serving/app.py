@@ -10,6 +10,7 @@ answered 503 with Retry-After by Serve itself (`max_queued_requests`).
 
 import asyncio
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import numpy as np
@@ -43,6 +44,7 @@ class ServeArgs(BaseModel):
     allowed_formats: list[str] = ["JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF"]
     top_k: int = Field(5, ge=1)
     threads: int | None = Field(None, ge=1, description="intra-op threads of the backend")
+    decode_threads: int = Field(4, ge=1, le=64, description="threads decoding and preprocessing images")
 
 
 class RequestError(Exception):
@@ -128,6 +130,9 @@ class VftModel:
         self.size = int(self.meta["preprocessing"]["input_size"])
         self.infer.set_max_batch_size(self.args.max_batch_size)
         self.infer.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s)
+        # decoding runs on its own threads so that it never queues behind a batch's inference
+        self.decode_pool = ThreadPoolExecutor(self.args.decode_threads, thread_name_prefix="vft-decode")
+        self.infer_pool = ThreadPoolExecutor(1, thread_name_prefix="vft-infer")
         self.batch_sizes: Counter[int] = Counter()
         self.statuses: Counter[int] = Counter()
         self._metrics()
@@ -151,7 +156,8 @@ class VftModel:
     async def infer(self, images: list[np.ndarray]) -> list[np.ndarray]:
         self.batch_sizes[len(images)] += 1
         self.batch_metric.observe(len(images))
-        outputs = await asyncio.to_thread(self.backend, np.stack(images))
+        loop = asyncio.get_running_loop()
+        outputs = await loop.run_in_executor(self.infer_pool, self.backend, np.stack(images))
         return list(outputs)
 
     def _answer(self, status: int, body) -> JSONResponse:
@@ -165,7 +171,7 @@ class VftModel:
 
         try:
             data = await image_bytes(request, self.args.max_body_bytes)
-            image = await asyncio.to_thread(self.prepare, data)
+            image = await asyncio.get_running_loop().run_in_executor(self.decode_pool, self.prepare, data)
         except RequestError as exc:
             return self._answer(exc.status, error_response(exc.status, str(exc)))
         except ImageTooLargeError as exc:
