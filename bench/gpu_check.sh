@@ -3,7 +3,8 @@
 # on Ray with one GPU worker (precision auto -> bf16, NCCL), bench/train_step.py eager and
 # compiled (section `train`), and bench/serve.py's GPU mode (section `serve`). Run from the
 # repository root with the wheels from ../shared/tools/device-wheels in .whl (carried); logs
-# land in $OUT. SECTIONS="train serve" (default) picks what runs.
+# land in $OUT. SECTIONS="train serve" (default) picks what runs; `cpu` runs bench/serve.py's
+# CPU mode on two pinned cores of the (otherwise idle) device.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
@@ -13,6 +14,11 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 python3 -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__)" | tee -a "$OUT/gpu.txt"
 
 SECTIONS=${SECTIONS:-train serve}
+
+if [[ " $SECTIONS " == *" cpu "* ]]; then  # bench/serve.py's CPU mode pinned to 2 cores, on a quiet machine
+python3 -c "import onnxruntime as o; print('onnxruntime', o.__version__)" | tee -a "$OUT/gpu.txt"
+OMP_NUM_THREADS=2 taskset -c 0,1 timeout 280 python3 bench/serve.py 2>&1 | grep -v "^(\|INFO\|WARN" | tee "$OUT/serve_cpu_2cores.log"
+fi
 
 if [[ " $SECTIONS " == *" train "* ]]; then
 python3 -m trainer.cli data digits --out /tmp/digits --size 64 > /dev/null

@@ -81,7 +81,8 @@ def runtime_ratios(run_dir: Path, model: torch.nn.Module, size: int, seconds: fl
         with torch.inference_mode():
             return model(torch.from_numpy(batch)).numpy()
 
-    onnx, int8 = B.create_backend("onnx", run_dir), B.create_backend("int8", run_dir)
+    threads = torch.get_num_threads()  # the same for every runtime
+    onnx, int8 = B.create_backend("onnx", run_dir, threads), B.create_backend("int8", run_dir, threads)
     x32 = np.random.default_rng(0).normal(size=(32, 3, size, size)).astype(np.float32)
     rates = {}
     for name, fn in (("torch", eager), ("onnx", onnx), ("int8", int8)):
@@ -141,7 +142,7 @@ def pipeline_rate(run_dir: Path, bodies: list[bytes], seconds: float) -> float:
 
     meta = B.read_run_meta(run_dir)
     transform = eval_transform(Preprocessing.from_meta(meta["preprocessing"]))
-    backend = B.create_backend("onnx", run_dir)
+    backend = B.create_backend("onnx", run_dir, torch.get_num_threads())
 
     def answer(chunk: list[bytes]) -> list[dict]:
         batch = np.stack([transform(open_image(body)).numpy() for body in chunk])
@@ -163,7 +164,8 @@ def serve_ratio(run_dir: Path, size: int, seconds: float, direct: float) -> dict
     ray.init(address="local", num_cpus=4, log_to_driver=False, configure_logging=False)
     port = 18000 + np.random.default_rng().integers(0, 1000)
     serve.start(http_options={"host": "127.0.0.1", "port": int(port)})
-    args = ServeArgs(run_dir=str(run_dir), backend="onnx", max_batch_size=32, batch_wait_timeout_s=0.01)
+    args = ServeArgs(run_dir=str(run_dir), backend="onnx", max_batch_size=32, batch_wait_timeout_s=0.01,
+                     threads=torch.get_num_threads())  # fmt: skip
     options = {"max_ongoing_requests": 64, "ray_actor_options": {"num_cpus": 1}}
     serve.run(build_local_app(args, 1, None, options), name="bench", route_prefix="/")
     url = f"http://127.0.0.1:{port}/v1/predict"
