@@ -12,7 +12,7 @@ def metric_names(multilabel: bool = False) -> list[str]:
     scores = (
         ["map", "accuracy", "precision", "recall", "f1"]
         if multilabel
-        else ["top1", "top5", "precision", "recall", "f1", "robust_acc"]  # robust_acc: train.robust_val
+        else ["top1", "top5", "precision", "recall", "f1"]
     )
     return ["train/loss", "val/loss", *[f"val/{s}" for s in scores]]
 

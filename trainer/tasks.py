@@ -22,7 +22,8 @@ class Task:
 TASKS.register("classification")(
     Task(
         name="classification",
-        metric_names=metric_names,
+        # val/robust_acc: measured by the loop when train.robust_val is on (single-label only)
+        metric_names=lambda multilabel: metric_names(multilabel) + ([] if multilabel else ["val/robust_acc"]),
         default_monitor=lambda multilabel: "val/map" if multilabel else "val/top1",
         create_metrics=ClassificationMetrics,
     )
