@@ -406,7 +406,7 @@ def keep_configured_hparams(job: Job, configured: list[dict]) -> None:
     config): the config's learning rates and weight decay win over the checkpoint's, rescaling
     the schedule so its progress is kept. A no-op when they are unchanged."""
     schedule = job.step.schedule.per_step
-    for i, (group, want) in enumerate(zip(job.step.optimizer.param_groups, configured)):
+    for i, (group, want) in enumerate(zip(job.step.optimizer.param_groups, configured, strict=False)):
         group["weight_decay"] = want["weight_decay"]
         ratio = want["initial_lr"] / group["initial_lr"]
         if ratio == 1.0:

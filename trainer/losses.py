@@ -11,7 +11,6 @@ from torch import nn
 
 from trainer.registry import LOSSES
 
-
 SEGMENTATION_ONLY = ("dice", "ce_dice", "bce_dice")
 CLASSIFICATION_ONLY = ("bce", "focal")
 

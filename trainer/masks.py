@@ -70,7 +70,8 @@ def _check_pair(image: Path, mask: Path, ignore_index: int) -> int:
     width, height = _image_size(image)
     if values.shape != (height, width):
         raise DataError(
-            f"{mask}: mask is {values.shape[1]}x{values.shape[0]} but its image {image.name} is {width}x{height}"
+            f"{mask}: mask is {values.shape[1]}x{values.shape[0]} "
+            f"but its image {image.name} is {width}x{height}"
         )
     labelled = values[values != ignore_index]
     return int(labelled.max()) if labelled.size else -1

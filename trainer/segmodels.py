@@ -83,7 +83,8 @@ def _heads(model: nn.Module, num_classes: int) -> tuple[str, ...]:
 
 def _build_torchvision(name: str, num_classes: int, pretrained: bool, aux_loss: bool) -> BuiltModel:
     kwargs = {"aux_loss": aux_loss} if has_aux_head(name) else {}
-    model = tvm.get_model_builder(name)(weights=None, weights_backbone=None, num_classes=num_classes, **kwargs)
+    builder = tvm.get_model_builder(name)
+    model = builder(weights=None, weights_backbone=None, num_classes=num_classes, **kwargs)
     head = _heads(model, num_classes)
     if pretrained:
         weights_enum = _torchvision_default_weights(name)

@@ -76,7 +76,9 @@ class Task:
         """Read the dataset as the workers will (DataError naming the file on bad input)."""
         raise NotImplementedError
 
-    def build_datasets(self, cfg: VftConfig, split: DataSplit, prep: Preprocessing) -> tuple[Dataset, Dataset]:
+    def build_datasets(
+        self, cfg: VftConfig, split: DataSplit, prep: Preprocessing
+    ) -> tuple[Dataset, Dataset]:
         """Train and val datasets with the train/eval transforms applied."""
         raise NotImplementedError
 

@@ -55,7 +55,7 @@ class Classification(Task):
         loss = cfg.loss
         return OutputLoss(create_loss(loss.name, cfg.data.multilabel, loss.label_smoothing, loss.focal_gamma))
 
-    def create_metrics(self, num_classes: int, multilabel: bool = False, device="cpu") -> ClassificationMetrics:
+    def create_metrics(self, num_classes: int, multilabel: bool = False, device="cpu"):
         return ClassificationMetrics(num_classes, multilabel, device)
 
     def postprocess(self, outputs: torch.Tensor, multilabel: bool = False) -> torch.Tensor:

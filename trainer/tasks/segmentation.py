@@ -17,6 +17,7 @@ from trainer.segmodels import create_segmenter, has_aux_head, seg_logits, segmen
 from trainer.tasks import DataSplit, Task, register_task
 
 AUX_WEIGHT = 0.5
+SEG_LOSSES = "cross_entropy, dice, ce_dice or bce_dice"
 
 
 class SegmentationLoss:
@@ -65,7 +66,7 @@ class Segmentation(Task):
         if cfg.data.format not in ("auto", "maskfolder"):
             raise ValueError(f"data.format: task segmentation reads 'maskfolder', not '{cfg.data.format}'")
         if cfg.loss.name in CLASSIFICATION_ONLY:
-            raise ValueError(f"loss.name: '{cfg.loss.name}' is a classification loss; use cross_entropy, dice, ...")
+            raise ValueError(f"loss.name: '{cfg.loss.name}' is a classification loss (use {SEG_LOSSES})")
         m = cfg.model
         if segmenter_source(m.name, m.source) is None:
             raise ValueError(
@@ -90,10 +91,11 @@ class Segmentation(Task):
 
     def check_data(self, cfg) -> list[str]:
         split = self.read_data(cfg)
-        if len(split.classes) < 2:
-            raise DataError(f"data.train: {cfg.data.train} has {len(split.classes)} class(es); at least 2 are needed")
-        if cfg.loss.name == "bce_dice" and len(split.classes) != 2:
-            raise DataError(f"loss.name: bce_dice is binary; {cfg.data.train} has {len(split.classes)} classes")
+        n, train = len(split.classes), cfg.data.train
+        if n < 2:
+            raise DataError(f"data.train: {train} has {n} class(es); at least 2 are needed")
+        if cfg.loss.name == "bce_dice" and n != 2:
+            raise DataError(f"loss.name: bce_dice is binary; {train} has {n} classes")
         return split.classes
 
     def build_datasets(self, cfg, split: DataSplit, prep):
@@ -113,9 +115,10 @@ class Segmentation(Task):
 
     def build_loss(self, cfg) -> SegmentationLoss:
         loss, name = cfg.loss, "cross_entropy" if cfg.loss.name == "auto" else cfg.loss.name
-        return SegmentationLoss(create_loss(name, False, loss.label_smoothing, ignore_index=cfg.data.ignore_index))
+        criterion = create_loss(name, False, loss.label_smoothing, ignore_index=cfg.data.ignore_index)
+        return SegmentationLoss(criterion)
 
-    def create_metrics(self, num_classes: int, multilabel: bool = False, device="cpu", ignore_index: int = 255):
+    def create_metrics(self, num_classes: int, multilabel: bool = False, device="cpu", ignore_index=255):
         return SegmentationMetrics(num_classes, ignore_index, device)
 
     def build_metrics(self, cfg, num_classes: int, device="cpu") -> SegmentationMetrics:
