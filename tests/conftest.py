@@ -71,4 +71,3 @@ def exported_run(digits_run) -> tuple[Path, dict]:
     result = CliRunner().invoke(app, ["export", str(digits_run), "--format", "onnx,int8", "--check"])
     assert result.exit_code == 0, result.output
     return digits_run, json.loads((digits_run / "export" / "report.json").read_text())
-

@@ -26,6 +26,7 @@ err = Console(stderr=True)
 
 class Task(str, Enum):
     classification = "classification"
+    segmentation = "segmentation"
 
 
 class Listing(str, Enum):
@@ -71,10 +72,12 @@ def data_shapes(
     size: Annotated[int, typer.Option(min=16)] = 64,
     seed: int = 0,
 ) -> None:
-    """Generated shapes on textured backgrounds."""
-    from trainer.generate import shapes_classification
+    """Generated shapes on textured backgrounds: ImageFolder (classification) or mask folders
+    (segmentation: images/, masks/ of class indices, classes.txt)."""
+    from trainer.generate import shapes_classification, shapes_segmentation
 
-    counts = shapes_classification(out_dir, n_train, n_val, size, seed)
+    generate = shapes_segmentation if task == Task.segmentation else shapes_classification
+    counts = generate(out_dir, n_train, n_val, size, seed)
     out.print(f"wrote {counts['train']} train and {counts['val']} val images ({task.value}) to {out_dir}")
 
 
@@ -136,13 +139,13 @@ def train(
 ) -> None:
     """Fine-tune on a Ray cluster; resumes RUN_DIR if it holds a checkpoint."""
     from trainer.config import load_config
-    from trainer.data import check_data
     from trainer.run import RunFailed, run_dir_of, summary_table
     from trainer.run import train as run_training
+    from trainer.tasks import get_task
 
     try:
         cfg = load_config(config, overrides or [], name=name)
-        check_data(cfg)  # fail fast, before any cluster starts, on an unusable dataset
+        get_task(cfg.task).check_data(cfg)  # fail fast, before any cluster starts, on an unusable dataset
     except input_errors() as exc:
         fail(str(exc))
     logging.basicConfig(level=logging.WARNING)

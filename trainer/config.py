@@ -52,14 +52,15 @@ class ModelConfig(_Strict):
     weights: str = Field("none", description="none | hub | path to .safetensors/.pth | previous RUN_DIR")
     drop_rate: float = Field(0.0, ge=0.0, lt=1.0)
     drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0)
+    aux_loss: bool = Field(False, description="segmentation: DeepLabV3/FCN auxiliary head and loss")
 
     @field_validator("name")
     @classmethod
     def _known_model(cls, name: str, info: ValidationInfo) -> str:
-        from trainer import models
+        from trainer import models, segmodels
 
         source = info.data.get("source", "auto")
-        if models.resolve_source(name, source) is None:
+        if models.resolve_source(name, source) is None and segmodels.segmenter_source(name, source) is None:
             where = "timm or torchvision" if source == "auto" else source
             close = difflib.get_close_matches(name, models.list_models(), n=5)
             hint = f"; did you mean {', '.join(close)}?" if close else "; see `vft ls models`"
@@ -102,9 +103,12 @@ class AugmentConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    train: str = Field(description="ImageFolder directory or CSV manifest (path,label)")
+    train: str = Field(
+        description="ImageFolder directory, CSV manifest (path,label), or mask folder (images/ + masks/)"
+    )
     val: str | None = None
-    format: Literal["auto", "imagefolder", "csv"] = "auto"
+    format: Literal["auto", "imagefolder", "csv", "maskfolder"] = "auto"
+    ignore_index: int = Field(255, ge=0, le=255, description="segmentation: mask value left out")
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     split_seed: int = 0
     batch_size: int = Field(32, ge=1, description="per worker")
@@ -276,6 +280,7 @@ class VftConfig(_Strict):
         from trainer.tasks import get_task
 
         task = get_task(self.task)
+        task.validate_config(self)
         names = task.metric_names(self.data.multilabel)
         monitor = self.train.monitor or task.default_monitor(self.data.multilabel)
         if monitor not in names:

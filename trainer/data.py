@@ -232,7 +232,10 @@ def make_loader(
     balanced: bool = False,
     mix=None,
     pin_memory: bool = False,
+    collate_fn=None,
 ):
+    """A DataLoader over `dataset`: sharded eval, distributed (or class-balanced) training.
+    `collate_fn` is the task's; by default classification's Collate (with MixUp/CutMix `mix`)."""
     if not train:
         sampler = ShardSampler(len(dataset), rank, world)
     elif balanced:
@@ -244,7 +247,7 @@ def make_loader(
         batch_size=batch_size,
         sampler=sampler,
         num_workers=num_workers,
-        collate_fn=Collate(mix if train else None),
+        collate_fn=collate_fn or Collate(mix if train else None),
         pin_memory=pin_memory,
         drop_last=train and len(dataset) >= batch_size * world,
         persistent_workers=num_workers > 0,

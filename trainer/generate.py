@@ -1,5 +1,7 @@
 """Dataset generators: scikit-learn's real handwritten digits, and generated shapes on
-textured backgrounds. Both write the ImageFolder layout: OUT/train/<class>/*.png, OUT/val/..."""
+textured backgrounds. Classification writes the ImageFolder layout (OUT/train/<class>/*.png,
+OUT/val/...); segmentation the mask-folder layout (OUT/train/images, OUT/train/masks,
+OUT/train/classes.txt, OUT/val/...)."""
 
 from __future__ import annotations
 
@@ -101,6 +103,55 @@ def shape_image(rng: np.random.Generator, label: str, size: int) -> Image.Image:
             width=max(1, size // 32),
         )
     return img
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, label: str, cx, cy, r, angle, fill, outline, width: int) -> None:
+    if label == "circle":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill, outline=outline, width=width)
+    else:
+        draw.polygon(_polygon(label, cx, cy, r, angle), fill=fill, outline=outline, width=width)
+
+
+def segmentation_scene(rng: np.random.Generator, size: int, classes: tuple[str, ...] = SHAPES):
+    """A textured background with one to three shapes (later ones on top) and its mask: 0 is
+    background, shape kind k is class k + 1. Returns (RGB image, L-mode mask)."""
+    background = _texture(rng, size)
+    img = Image.fromarray(background)
+    mask = Image.new("L", (size, size), 0)
+    draw, draw_mask = ImageDraw.Draw(img), ImageDraw.Draw(mask)
+    contrast = 255 - background.reshape(-1, 3).mean(axis=0)
+    width = max(1, size // 32)
+    for _ in range(rng.integers(1, 4)):
+        k = int(rng.integers(len(classes)))
+        r = rng.uniform(0.15, 0.3) * size
+        cx, cy = rng.uniform(r, size - r, 2)
+        angle = rng.uniform(0, 2 * math.pi)
+        color = tuple(int(v) for v in np.clip(contrast + rng.uniform(-40, 40, 3), 0, 255))
+        outline = tuple(255 - v for v in color)
+        _draw_shape(draw, classes[k], cx, cy, r, angle, color, outline, width)
+        _draw_shape(draw_mask, classes[k], cx, cy, r, angle, k + 1, k + 1, width)
+    return img, mask
+
+
+def shapes_segmentation(
+    out: str | Path,
+    n_train: int = 400,
+    n_val: int = 100,
+    size: int = 64,
+    seed: int = 0,
+    classes: tuple[str, ...] = SHAPES,
+) -> dict[str, int]:
+    out = Path(out)
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", n_train), ("val", n_val)):
+        for folder in ("images", "masks"):
+            (out / split / folder).mkdir(parents=True, exist_ok=True)
+        (out / split / "classes.txt").write_text("\n".join(("background", *classes)) + "\n")
+        for i in range(count):
+            img, mask = segmentation_scene(rng, size, classes)
+            img.save(out / split / "images" / f"{i:05d}.png")
+            mask.save(out / split / "masks" / f"{i:05d}.png")
+    return {"train": n_train, "val": n_val}
 
 
 def shapes_classification(

@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from trainer import checkpoint as ckpt
 from trainer.config import VftConfig
-from trainer.data import DataError, ImageDataset, build_data, make_loader
+from trainer.data import DataError, make_loader
 from trainer.finetune import (
     ParamLayout,
     Stage,
@@ -31,28 +31,21 @@ from trainer.finetune import (
     param_layout,
     trainable_names,
 )
-from trainer.losses import create_loss
-from trainer.metrics import ClassificationMetrics
-from trainer.models import BuiltModel, create_model
+from trainer.models import BuiltModel
 from trainer.optim import create_optimizer
-from trainer.preprocess import (
-    Preprocessing,
-    batch_mix,
-    eval_transform,
-    resolve_preprocessing,
-    train_transform,
-)
+from trainer.preprocess import Preprocessing
 from trainer.progress import WorkerProgress
 from trainer.runlog import write_metrics_csv
 from trainer.schedules import ScheduleSpec, create_schedule
-from trainer.step import NonFiniteLossError, TrainStep, autocast, resolve_precision
-from trainer.tasks import get_task
+from trainer.step import NonFiniteLossError, TrainStep, autocast, resolve_precision, to_device
+from trainer.tasks import DataSplit, Metrics, Task, get_task
 
 # ----------------------------------------------------------------------------- the job
 
 
 @dataclass
 class Job:
+    task: Task
     cfg: VftConfig
     rank: int
     world: int
@@ -64,7 +57,7 @@ class Job:
     train_loader: torch.utils.data.DataLoader
     val_loader: torch.utils.data.DataLoader
     step: TrainStep
-    metrics: ClassificationMetrics
+    metrics: Metrics
     stages: list[Stage]
     layout: ParamLayout
     trainable: set[str] = field(default_factory=set)
@@ -79,31 +72,18 @@ class Job:
 
 
 def build_model(cfg: VftConfig, num_classes: int) -> BuiltModel:
-    m = cfg.model
-    return create_model(m.name, num_classes, m.source, m.weights, m.drop_rate, m.drop_path_rate)
+    return get_task(cfg.task).build_model(cfg, num_classes)
 
 
 def build_preprocessing(cfg: VftConfig, built: BuiltModel) -> Preprocessing:
+    return get_task(cfg.task).build_preprocessing(cfg, built)
+
+
+def build_loaders(cfg: VftConfig, task: Task, split: DataSplit, prep: Preprocessing, rank, world, device):
     d = cfg.data
-    return resolve_preprocessing(built.data_defaults, d.img_size, d.mean, d.std, d.interpolation, d.crop_pct)
-
-
-def build_job(cfg: VftConfig, rank: int, world: int, device: torch.device) -> Job:
-    d, t = cfg.data, cfg.train
-    train_samples, val_samples, classes = build_data(cfg)
-    built = build_model(cfg, len(classes))
-    prep = build_preprocessing(cfg, built)
-    precision = resolve_precision(t.precision, device)
-    model = built.module
-    if t.sync_bn and world > 1:
-        model = built.module = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model.to(device, memory_format=torch.channels_last if t.channels_last else torch.contiguous_format)
-
-    common = {"multilabel": d.multilabel, "max_pixels": d.max_image_pixels, "skip_bad": d.skip_bad_images}
-    train_ds = ImageDataset(train_samples, classes, train_transform(prep, d.augment), **common)
-    val_ds = ImageDataset(val_samples, classes, eval_transform(prep), **common)
+    train_ds, val_ds = task.build_datasets(cfg, split, prep)
     pin = device.type == "cuda"
-    mix = None if d.multilabel else batch_mix(d.augment, len(classes))
+    n = len(split.classes)
     train_loader = make_loader(
         train_ds,
         d.batch_size,
@@ -111,12 +91,37 @@ def build_job(cfg: VftConfig, rank: int, world: int, device: torch.device) -> Jo
         rank,
         world,
         train=True,
-        seed=t.seed,
+        seed=cfg.train.seed,
         balanced=d.balanced_sampling,
-        mix=mix,
         pin_memory=pin,
+        collate_fn=task.collate(cfg, n, train=True),
     )
-    val_loader = make_loader(val_ds, d.batch_size, d.num_workers, rank, world, train=False, pin_memory=pin)
+    val_loader = make_loader(
+        val_ds,
+        d.batch_size,
+        d.num_workers,
+        rank,
+        world,
+        train=False,
+        pin_memory=pin,
+        collate_fn=task.collate(cfg, n, train=False),
+    )
+    return train_loader, val_loader
+
+
+def build_job(cfg: VftConfig, rank: int, world: int, device: torch.device) -> Job:
+    t = cfg.train
+    task = get_task(cfg.task)
+    split = task.read_data(cfg)
+    classes = split.classes
+    built = task.build_model(cfg, len(classes))
+    prep = task.build_preprocessing(cfg, built)
+    precision = resolve_precision(t.precision, device)
+    model = built.module
+    if t.sync_bn and world > 1:
+        model = built.module = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(device, memory_format=torch.channels_last if t.channels_last else torch.contiguous_format)
+    train_loader, val_loader = build_loaders(cfg, task, split, prep, rank, world, device)
 
     f, o = cfg.finetune, cfg.optim
     stages = [Stage(s.epoch, s.blocks, s.lr_mult) for s in f.unfreeze]
@@ -159,11 +164,10 @@ def build_job(cfg: VftConfig, rank: int, world: int, device: torch.device) -> Jo
         from timm.utils import ModelEmaV3
 
         ema = ModelEmaV3(model, decay=t.ema.decay, device=device)
-    criterion = create_loss(cfg.loss.name, d.multilabel, cfg.loss.label_smoothing, cfg.loss.focal_gamma)
     step = TrainStep(
         model,
         optimizer,
-        criterion,
+        task.build_loss(cfg),
         device,
         precision,
         t.channels_last,
@@ -172,8 +176,9 @@ def build_job(cfg: VftConfig, rank: int, world: int, device: torch.device) -> Jo
         schedule,
         ema,
     )
-    metrics = get_task(cfg.task).create_metrics(len(classes), d.multilabel, device)
+    metrics = task.build_metrics(cfg, len(classes), device)
     return Job(
+        task,
         cfg,
         rank,
         world,
@@ -237,8 +242,8 @@ def train_one_epoch(job: Job, epoch: int, progress: WorkerProgress) -> dict:
                 )
             continue
         loss = job.step(images, targets, update=(i + 1) % accum == 0 or i + 1 == steps)
-        loss_sum += loss * images.shape[0]
-        seen += images.shape[0]
+        loss_sum += loss * len(images)
+        seen += len(images)
         if progress.due():
             value = float(loss)
             if not math.isfinite(value):
@@ -275,15 +280,18 @@ def evaluate(job: Job) -> tuple[dict, dict]:
     for images, targets, _ in job.val_loader:
         if images is None:
             continue
-        images = images.to(job.device, non_blocking=True, memory_format=fmt)
-        targets = targets.to(job.device, non_blocking=True)
+        images, targets = to_device(images, job.device, fmt), to_device(targets, job.device)
         with autocast(job.precision, job.device):
-            logits = model(images)
-        job.metrics.update(logits, targets, job.step.criterion(logits.float(), targets))
+            outputs = job.task.eval_outputs(model, images)
+        job.metrics.update(outputs, targets, job.step.loss.on_outputs(_as_float(outputs), targets))
     scalars, tables = job.metrics.compute("val/")
     if job.cfg.train.robust_val:
         scalars["val/robust_acc"] = robust_accuracy(job, model)
     return scalars, tables
+
+
+def _as_float(outputs):
+    return outputs.float() if isinstance(outputs, torch.Tensor) else outputs
 
 
 def robust_accuracy(job: Job, model: nn.Module) -> float:
@@ -327,7 +335,7 @@ def improved(job: Job, value: float, min_delta: float = 0.0) -> bool:
 
 def model_meta(job: Job, metrics: dict, epoch: int) -> dict:
     c = job.cfg
-    return ckpt.build_meta(
+    meta = ckpt.build_meta(
         task=c.task,
         classes=job.classes,
         multilabel=c.data.multilabel,
@@ -351,6 +359,7 @@ def model_meta(job: Job, metrics: dict, epoch: int) -> dict:
             "strategy": c.finetune.strategy,
         },
     )
+    return {**meta, **job.task.meta_fields(c)}
 
 
 def training_state(job: Job, epoch: int) -> dict:
@@ -397,7 +406,7 @@ def keep_configured_hparams(job: Job, configured: list[dict]) -> None:
     config): the config's learning rates and weight decay win over the checkpoint's, rescaling
     the schedule so its progress is kept. A no-op when they are unchanged."""
     schedule = job.step.schedule.per_step
-    for i, (group, want) in enumerate(zip(job.step.optimizer.param_groups, configured)):
+    for i, (group, want) in enumerate(zip(job.step.optimizer.param_groups, configured, strict=False)):
         group["weight_decay"] = want["weight_decay"]
         ratio = want["initial_lr"] / group["initial_lr"]
         if ratio == 1.0:

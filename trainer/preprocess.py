@@ -12,6 +12,7 @@ import math
 from dataclasses import asdict, dataclass
 
 import torch
+from torchvision import tv_tensors
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
@@ -95,9 +96,13 @@ def eval_transform(p: Preprocessing) -> T.Compose:
     )
 
 
-def train_transform(p: Preprocessing, aug) -> T.Compose:
+def train_transform(p: Preprocessing, aug, mask_fill: int | None = None) -> T.Compose:
     """`aug` is the config's AugmentConfig (read here, by the builder, only). Rotations and
-    auto-augment ops interpolate bilinearly: tensors support no bicubic grid sampling."""
+    auto-augment ops interpolate bilinearly: tensors support no bicubic grid sampling.
+
+    Joint: called with (image, tv_tensors.Mask) it crops, scales, flips and rotates both (masks
+    by nearest neighbour; rotated-in mask pixels get `mask_fill`); colour changes and
+    normalisation touch the image only."""
     interp = _INTERP[p.interpolation]
     steps: list = [
         T.ToImage(),
@@ -110,7 +115,8 @@ def train_transform(p: Preprocessing, aug) -> T.Compose:
     if aug.vflip:
         steps.append(T.RandomVerticalFlip(aug.vflip))
     if aug.rotation:
-        steps.append(T.RandomRotation(aug.rotation, interpolation=InterpolationMode.BILINEAR))
+        fill = 0 if mask_fill is None else {tv_tensors.Mask: mask_fill, "others": 0}
+        steps.append(T.RandomRotation(aug.rotation, interpolation=InterpolationMode.BILINEAR, fill=fill))
     if aug.color_jitter:
         cj = aug.color_jitter
         steps.append(T.ColorJitter(brightness=cj, contrast=cj, saturation=cj))

@@ -13,9 +13,9 @@ from typing import Any
 
 
 class Registry:
-    def __init__(self, kind: str, module: str):
+    def __init__(self, kind: str, module: str | tuple[str, ...]):
         self.kind = kind
-        self._module = module
+        self._modules = (module,) if isinstance(module, str) else module
         self._items: dict[str, Any] = {}
 
     def register(self, name: str) -> Callable[[Any], Any]:
@@ -30,7 +30,8 @@ class Registry:
         return add
 
     def _load(self) -> None:
-        importlib.import_module(self._module)
+        for module in self._modules:
+            importlib.import_module(module)
 
     def get(self, name: str) -> Any:
         self._load()
@@ -50,7 +51,7 @@ def filter_names(names: list[str], pattern: str | None) -> list[str]:
 SCHEDULERS = Registry("scheduler", "trainer.schedules")
 LOSSES = Registry("loss", "trainer.losses")
 TASKS = Registry("task", "trainer.tasks")
-DATASET_FORMATS = Registry("dataset format", "trainer.data")
+DATASET_FORMATS = Registry("dataset format", ("trainer.data", "trainer.masks"))
 
 
 def list_schedulers(pattern: str | None = None) -> list[str]:

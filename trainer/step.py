@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from trainer.losses import OutputLoss
 from trainer.schedules import LrSchedule
 
 
@@ -35,15 +36,32 @@ def autocast(precision: str, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def to_device(value, device: torch.device, memory_format=None):
+    """Tensors, or lists/tuples/dicts of them (detection targets), onto `device`; images (4-d
+    tensors) in `memory_format`."""
+    if isinstance(value, torch.Tensor):
+        if memory_format is not None and value.ndim == 4:
+            return value.to(device, non_blocking=True, memory_format=memory_format)
+        return value.to(device, non_blocking=True)
+    if isinstance(value, dict):
+        return {k: to_device(v, device, memory_format) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(to_device(v, device, memory_format) for v in value)
+    return value
+
+
 class TrainStep:
     """Forward, backward and (every `accum_steps` micro-batches) the optimizer step with
-    gradient clipping, the GradScaler for fp16, the LR schedule and the EMA update."""
+    gradient clipping, the GradScaler for fp16, the LR schedule and the EMA update.
+
+    `loss` is the task's `loss(model, images, targets) -> scalar`; a plain criterion
+    (`criterion(outputs, targets)`, e.g. nn.CrossEntropyLoss) is adapted with OutputLoss."""
 
     def __init__(
         self,
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
-        criterion: nn.Module,
+        loss,
         device,
         precision: str = "fp32",
         channels_last: bool = False,
@@ -52,21 +70,22 @@ class TrainStep:
         schedule: LrSchedule | None = None,
         ema=None,
     ):
-        self.forward_model, self.optimizer, self.criterion = model, optimizer, criterion
+        self.forward_model, self.optimizer = model, optimizer
+        self.loss = loss if hasattr(loss, "on_outputs") else OutputLoss(loss)
         self.device, self.precision, self.accum_steps = device, precision, accum_steps
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.grad_clip, self.schedule, self.ema = grad_clip, schedule, ema
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         self.updates = 0
 
-    def __call__(self, images: torch.Tensor, targets: torch.Tensor, update: bool = True) -> torch.Tensor:
-        images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
-        targets = targets.to(self.device, non_blocking=True)
+    def __call__(self, images, targets, update: bool = True) -> torch.Tensor:
+        images = to_device(images, self.device, self.memory_format)
+        targets = to_device(targets, self.device)
         model = self.forward_model
         sync = contextlib.nullcontext() if update or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
             with autocast(self.precision, self.device):
-                loss = self.criterion(model(images), targets)
+                loss = self.loss(model, images, targets)
             self.scaler.scale(loss / self.accum_steps).backward()
         if update:
             self._optimizer_step()

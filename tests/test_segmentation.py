@@ -1,0 +1,208 @@
+"""Segmentation: joint transforms keep masks aligned, metrics by hand, bad annotations exit 2
+naming the file, and a 2-worker Ray run on generated shapes whose meta.json rebuilds the
+preprocessing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import tv_tensors
+from typer.testing import CliRunner
+
+from trainer.cli import app
+from trainer.config import AugmentConfig
+from trainer.generate import shapes_segmentation
+from trainer.metrics import SegmentationMetrics
+from trainer.preprocess import Preprocessing, eval_transform, train_transform
+from trainer.runlog import read_metrics_csv
+
+ROOT = Path(__file__).resolve().parents[1]
+MIOU_THRESHOLD = 0.30  # chance (all background) is about 0.8 / 6 classes = 0.13; runs reach ~0.41
+
+
+def vft(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def seg_args(data: Path, storage: Path, *extra: str) -> list:
+    return [
+        "train", ROOT / "configs/shapes_segmentation.yaml", f"data.train={data}/train",
+        f"data.val={data}/val", f"run.storage={storage}", "--quiet", *extra,
+    ]  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- transforms
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_joint_transforms_keep_the_mask_aligned_with_the_image(seed):
+    """The image's pixels encode the mask (value 40 x class); after the random crop, scale and
+    flip (nearest for both) and the eval resize + crop, decoding the image gives the mask."""
+    rng = np.random.default_rng(seed)
+    classes = rng.integers(0, 6, (37, 53)).astype(np.uint8)
+    image = Image.fromarray(np.repeat((classes * 40)[..., None], 3, axis=2))
+    mask = tv_tensors.Mask(torch.from_numpy(classes))
+    prep = Preprocessing(24, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "nearest", crop_pct=0.8)
+    torch.manual_seed(seed)
+    aug = AugmentConfig(scale=(0.3, 1.0), hflip=0.5, vflip=0.5)
+    for transform in (train_transform(prep, aug, mask_fill=255), eval_transform(prep)):
+        x, y = transform(image, mask)
+        assert x.shape[-2:] == y.shape == (24, 24) and isinstance(y, tv_tensors.Mask)
+        decoded = torch.round(x[0] * 255 / 40).to(torch.uint8)
+        assert torch.equal(decoded, y.as_subclass(torch.Tensor))
+
+
+def test_rotation_fills_the_mask_with_the_ignore_index():
+    mask = tv_tensors.Mask(torch.ones(32, 32, dtype=torch.uint8))
+    image = Image.new("RGB", (32, 32), (255, 255, 255))
+    prep = Preprocessing(32, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "bilinear", crop_pct=1.0)
+    aug = AugmentConfig(scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=0.0, rotation=45)
+    torch.manual_seed(3)
+    _, y = train_transform(prep, aug, mask_fill=255)(image, mask)
+    assert set(y.unique().tolist()) <= {1, 255} and (y == 255).any()
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def test_metrics_match_a_hand_computed_example():
+    # truth and prediction over 3 classes; 255 is ignored
+    truth = torch.tensor([[[0, 0, 1, 1], [2, 2, 255, 1]]])
+    predicted = torch.tensor([[[0, 1, 1, 1], [2, 0, 0, 1]]])
+    logits = torch.nn.functional.one_hot(predicted, 3).permute(0, 3, 1, 2).float()
+    metrics = SegmentationMetrics(3, ignore_index=255)
+    metrics.update(logits, truth, torch.tensor(0.5))
+    scalars, tables = metrics.compute("val/")
+    # 7 counted pixels (the 255 one is left out, whatever was predicted there)
+    # class 0: TP 1, FP 1, FN 1 -> IoU 1/3, Dice 2/4
+    # class 1: TP 3, FP 1, FN 0 -> IoU 3/4, Dice 6/7
+    # class 2: TP 1, FP 0, FN 1 -> IoU 1/2, Dice 2/3
+    assert tables["per_class_iou"] == pytest.approx([1 / 3, 3 / 4, 1 / 2])
+    assert tables["per_class_dice"] == pytest.approx([1 / 2, 6 / 7, 2 / 3])
+    assert scalars["val/miou"] == pytest.approx((1 / 3 + 3 / 4 + 1 / 2) / 3)
+    assert scalars["val/dice"] == pytest.approx((1 / 2 + 6 / 7 + 2 / 3) / 3)
+    assert scalars["val/pixel_acc"] == pytest.approx(5 / 7)
+    assert scalars["val/loss"] == pytest.approx(0.5)
+    assert tables["confusion"] == [[1, 1, 0], [0, 3, 0], [1, 0, 1]]
+
+
+def test_losses_ignore_the_ignore_index():
+    from trainer.losses import create_loss
+
+    logits = torch.randn(2, 3, 4, 4)
+    target = torch.randint(0, 3, (2, 4, 4))
+    ignored = target.clone()
+    ignored[:, 0] = 255
+    for name in ("cross_entropy", "dice", "ce_dice"):
+        loss = create_loss(name, False, ignore_index=255)
+        changed = logits.clone()
+        changed[:, :, 0] = torch.randn(2, 3, 4) * 10  # only ignored pixels change
+        assert float(loss(logits, ignored)) == pytest.approx(float(loss(changed, ignored)), rel=1e-5)
+    binary = create_loss("bce_dice", False, ignore_index=255)
+    assert float(binary(logits[:, :2], (target % 2))) > 0
+
+
+# ----------------------------------------------------------------------------- models
+
+
+@pytest.mark.parametrize(
+    "name, aux", [("lraspp_mobilenet_v3_large", False), ("deeplabv3_mobilenet_v3_large", True)]
+)
+def test_torchvision_segmenters_get_a_head_per_class_count(name, aux):
+    from trainer.segmodels import create_segmenter
+
+    built = create_segmenter(name, 4, aux_loss=aux)
+    with torch.no_grad():
+        out = built.module.eval()(torch.randn(1, 3, 48, 48))
+    assert out["out"].shape == (1, 4, 48, 48) and ("aux" in out) == aux
+    assert built.head and all(h.startswith(("classifier", "aux_classifier")) for h in built.head)
+
+
+# ----------------------------------------------------------------------------- bad annotations
+
+
+def _small_maskfolder(root: Path) -> Path:
+    shapes_segmentation(root, n_train=6, n_val=3, size=32, seed=0)
+    return root
+
+
+@pytest.mark.parametrize(
+    "damage, expect",
+    [
+        ("size", "train/masks/00002.png: mask is 16x16 but its image 00002.png is 32x32"),
+        ("missing", "train/images/00003.png: no mask"),
+        ("index", "val/masks/00001.png: class index 9 is beyond the 6 classes"),
+    ],
+)
+def test_bad_annotations_exit_2_naming_the_file(tmp_path, damage, expect):
+    data = _small_maskfolder(tmp_path / "data")
+    if damage == "size":
+        Image.new("L", (16, 16), 1).save(data / "train/masks/00002.png")
+    elif damage == "missing":
+        (data / "train/masks/00003.png").unlink()
+    else:
+        Image.new("L", (32, 32), 9).save(data / "val/masks/00001.png")
+    result = vft(*seg_args(data, tmp_path / "runs"))
+    assert result.exit_code == 2, result.output
+    assert expect in " ".join(result.output.split())
+
+
+def test_config_rejects_settings_segmentation_cannot_use(tmp_path):
+    data = _small_maskfolder(tmp_path / "data")
+    for override, field in [
+        ("loss.name=focal", "loss.name"),
+        ("model.name=resnet18", "model.name"),
+        ("data.augment.mixup_alpha=0.2", "data.augment.mixup_alpha"),
+        ("model.aux_loss=true", "model.aux_loss"),
+    ]:
+        paths = [f"data.train={data}/train", f"data.val={data}/val"]
+        result = vft("validate", ROOT / "configs/shapes_segmentation.yaml", *paths, override)
+        assert result.exit_code == 2 and field in result.output, (override, result.output)
+
+
+# ----------------------------------------------------------------------------- training on Ray
+
+
+@pytest.fixture(scope="module")
+def seg_run(ray_cluster, tmp_path_factory) -> Path:
+    data = tmp_path_factory.mktemp("shapes_seg")
+    shapes_segmentation(data, n_train=400, n_val=80, size=64, seed=1)
+    storage = tmp_path_factory.mktemp("runs")
+    result = vft(*seg_args(data, storage, "--name", "seg"))
+    assert result.exit_code == 0, result.output
+    return storage / "seg"
+
+
+def test_two_workers_reach_the_miou_threshold(seg_run):
+    history = read_metrics_csv(str(seg_run / "metrics.csv"))
+    assert max(row["val/miou"] for row in history) >= MIOU_THRESHOLD
+    assert {"val/dice", "val/pixel_acc", "val/loss", "train/loss"} <= set(history[-1])
+
+
+def test_meta_json_rebuilds_the_preprocessing(seg_run):
+    meta = json.loads((seg_run / "best" / "meta.json").read_text())
+    assert meta["task"] == "segmentation" and meta["training"]["world_size"] == 2
+    assert meta["classes"] == ["background", "circle", "square", "triangle", "star", "cross"]
+    assert meta["segmentation"]["ignore_index"] == 255
+    assert meta["segmentation"]["mask_interpolation"] == "nearest"
+    assert len(meta["metrics"]["per_class_iou"]) == 6
+    prep = Preprocessing.from_meta(meta["preprocessing"])
+    assert prep.input_size == 64 and prep.crop_pct == 1.0
+    # a third party: the rebuilt model and preprocessing give the logged validation mIoU's inputs
+    from safetensors.torch import load_file
+
+    from trainer.segmodels import create_segmenter
+
+    model = create_segmenter(meta["model"]["name"], meta["num_classes"]).module.eval()
+    model.load_state_dict(load_file(str(seg_run / "best" / "model.safetensors")))
+    image = Image.new("RGB", (80, 60), (10, 200, 30))
+    x = eval_transform(prep)(image).unsqueeze(0)
+    with torch.no_grad():
+        out = model(x)
+    assert out.shape == (1, 6, 64, 64)
+    assert (seg_run / "plots" / "learning_curves.png").is_file()

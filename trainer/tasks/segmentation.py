@@ -1,0 +1,157 @@
+"""Semantic segmentation on the task interface: mask-folder data, torchvision DeepLabV3/FCN/
+LRASPP or a U-Net over a timm encoder, joint image+mask transforms, CE/Dice/CE+Dice/BCE+Dice,
+mIoU/per-class IoU/Dice/pixel accuracy."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from trainer.data import DataError
+from trainer.losses import CLASSIFICATION_ONLY, create_loss
+from trainer.masks import MaskCollate, MaskDataset, check_class_indices, read_classes, read_maskfolder
+from trainer.metrics import SegmentationMetrics, segmentation_metric_names
+from trainer.models import BuiltModel
+from trainer.preprocess import eval_transform, train_transform
+from trainer.segmodels import create_segmenter, has_aux_head, seg_logits, segmenter_source
+from trainer.tasks import DataSplit, Task, register_task
+
+AUX_WEIGHT = 0.5
+SEG_LOSSES = "cross_entropy, dice, ce_dice or bce_dice"
+
+
+class SegmentationLoss:
+    """The configured per-pixel loss on the logits; with an auxiliary head (training only),
+    plus 0.5 x the same loss on its logits, as in torchvision's references."""
+
+    def __init__(self, criterion: torch.nn.Module):
+        self.criterion = criterion
+
+    def __call__(self, model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        outputs = model(images)
+        loss = self.criterion(seg_logits(outputs), targets)
+        if isinstance(outputs, dict) and "aux" in outputs:
+            loss = loss + AUX_WEIGHT * self.criterion(outputs["aux"], targets)
+        return loss
+
+    def on_outputs(self, outputs, targets: torch.Tensor) -> torch.Tensor:
+        return self.criterion(seg_logits(outputs).float(), targets)
+
+
+# settings that act on whole images or single labels, not on image+mask pairs
+_UNSUPPORTED = {
+    "data.multilabel": lambda c: c.data.multilabel,
+    "data.balanced_sampling": lambda c: c.data.balanced_sampling,
+    "data.augment.mixup_alpha": lambda c: c.data.augment.mixup_alpha,
+    "data.augment.cutmix_alpha": lambda c: c.data.augment.cutmix_alpha,
+    "data.augment.random_erasing": lambda c: c.data.augment.random_erasing,
+    "data.augment.auto_augment": lambda c: c.data.augment.auto_augment != "none",
+    "train.robust_val": lambda c: c.train.robust_val,
+}
+
+
+class Segmentation(Task):
+    name = "segmentation"
+
+    def metric_names(self, multilabel: bool = False) -> list[str]:
+        return segmentation_metric_names()
+
+    def default_monitor(self, multilabel: bool = False) -> str:
+        return "val/miou"
+
+    def validate_config(self, cfg) -> None:
+        for field, used in _UNSUPPORTED.items():
+            if used(cfg):
+                raise ValueError(f"{field}: not supported by task segmentation")
+        if cfg.data.format not in ("auto", "maskfolder"):
+            raise ValueError(f"data.format: task segmentation reads 'maskfolder', not '{cfg.data.format}'")
+        if cfg.loss.name in CLASSIFICATION_ONLY:
+            raise ValueError(f"loss.name: '{cfg.loss.name}' is a classification loss (use {SEG_LOSSES})")
+        m = cfg.model
+        if segmenter_source(m.name, m.source) is None:
+            raise ValueError(
+                f"model.name: '{m.name}' is not a segmentation model (torchvision deeplabv3_*, fcn_*, "
+                "lraspp_mobilenet_v3_large, or unet_<timm encoder>)"
+            )
+        if m.aux_loss and not has_aux_head(m.name):
+            raise ValueError(f"model.aux_loss: '{m.name}' has no auxiliary head")
+
+    # -- data
+    def read_data(self, cfg) -> DataSplit:
+        d = cfg.data
+        train = read_maskfolder(d.train, d.ignore_index)
+        if d.val:
+            val = read_maskfolder(d.val, d.ignore_index)
+        else:
+            train, val = _split(train, d.val_fraction, d.split_seed)
+        classes = read_classes(train)
+        for samples in (train, val):
+            check_class_indices(samples, classes)
+        return DataSplit(train, val, classes)
+
+    def check_data(self, cfg) -> list[str]:
+        split = self.read_data(cfg)
+        n, train = len(split.classes), cfg.data.train
+        if n < 2:
+            raise DataError(f"data.train: {train} has {n} class(es); at least 2 are needed")
+        if cfg.loss.name == "bce_dice" and n != 2:
+            raise DataError(f"loss.name: bce_dice is binary; {train} has {n} classes")
+        return split.classes
+
+    def build_datasets(self, cfg, split: DataSplit, prep):
+        d = cfg.data
+        common = {"max_pixels": d.max_image_pixels, "skip_bad": d.skip_bad_images}
+        train = MaskDataset(split.train, train_transform(prep, d.augment, mask_fill=d.ignore_index), **common)
+        val = MaskDataset(split.val, eval_transform(prep), **common)
+        return train, val
+
+    def collate(self, cfg, num_classes: int, train: bool) -> MaskCollate:
+        return MaskCollate()
+
+    # -- model
+    def build_model(self, cfg, num_classes: int) -> BuiltModel:
+        m = cfg.model
+        return create_segmenter(m.name, num_classes, m.weights, m.aux_loss, m.source)
+
+    def build_loss(self, cfg) -> SegmentationLoss:
+        loss, name = cfg.loss, "cross_entropy" if cfg.loss.name == "auto" else cfg.loss.name
+        criterion = create_loss(name, False, loss.label_smoothing, ignore_index=cfg.data.ignore_index)
+        return SegmentationLoss(criterion)
+
+    def create_metrics(self, num_classes: int, multilabel: bool = False, device="cpu", ignore_index=255):
+        return SegmentationMetrics(num_classes, ignore_index, device)
+
+    def build_metrics(self, cfg, num_classes: int, device="cpu") -> SegmentationMetrics:
+        return SegmentationMetrics(num_classes, cfg.data.ignore_index, device)
+
+    def eval_outputs(self, model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+        return seg_logits(model(images))
+
+    def postprocess(self, outputs, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """Per-pixel class indices (N, H, W); with `size`, of the logits resized bilinearly to it."""
+        logits = seg_logits(outputs).float()
+        if size is not None:
+            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        return logits.argmax(1)
+
+    def meta_fields(self, cfg) -> dict:
+        return {
+            "segmentation": {
+                "ignore_index": cfg.data.ignore_index,
+                "mask_interpolation": "nearest",
+                "mask_format": "PNG of class indices, one channel",
+                "output": "logits (N, num_classes, H, W) at the input size; argmax over classes",
+                "aux_loss": cfg.model.aux_loss,
+            }
+        }
+
+
+def _split(samples, val_fraction: float, seed: int):
+    import numpy as np
+
+    order = np.random.default_rng(seed).permutation(len(samples))
+    n_val = max(1, round(len(samples) * val_fraction))
+    return samples.subset(sorted(order[n_val:])), samples.subset(sorted(order[:n_val]))
+
+
+register_task(Segmentation())
