@@ -41,8 +41,15 @@ def checkpoint_dir(run_dir: str | Path) -> Path:
     raise BackendError(f"{run_dir}: no best/meta.json (is it a run directory of `vft train`?)")
 
 
+SERVED_TASKS = ("classification",)
+
+
 def read_run_meta(run_dir: str | Path) -> dict:
-    return ckpt.read_meta(checkpoint_dir(run_dir))
+    meta = ckpt.read_meta(checkpoint_dir(run_dir))
+    if meta.get("task", "classification") not in SERVED_TASKS:
+        covered = ", ".join(SERVED_TASKS)
+        raise BackendError(f"{run_dir}: a {meta['task']} run; export, serving and eval cover {covered}")
+    return meta
 
 
 def fetch_run_dir(uri: str) -> Path:
@@ -73,7 +80,7 @@ def check_servable(run_dir: str | Path, backend: str) -> None:
     """Fail before any cluster starts: a checkpoint, the backend's export, its runtime."""
     if ckpt.is_remote(str(run_dir)):
         return
-    checkpoint_dir(run_dir)
+    read_run_meta(run_dir)
     BACKENDS.get(backend)
     name = BACKEND_FILES.get(backend)
     if name and not export_path(run_dir, name).is_file():

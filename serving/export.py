@@ -308,6 +308,7 @@ def export_run(run_dir: Path, opts: ExportOptions) -> dict:
     from trainer.models import model_from_checkpoint
 
     best = B.checkpoint_dir(run_dir)
+    B.read_run_meta(run_dir)  # a task export covers
     if "int8" in opts.formats or "tensorrt" in opts.formats:
         opts.formats = tuple(dict.fromkeys(("onnx", *opts.formats)))
     unavailable = B.tensorrt_unavailable() if "tensorrt" in opts.formats else None

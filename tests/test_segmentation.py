@@ -206,3 +206,24 @@ def test_meta_json_rebuilds_the_preprocessing(seg_run):
         out = model(x)
     assert out.shape == (1, 6, 64, 64)
     assert (seg_run / "plots" / "learning_curves.png").is_file()
+
+
+def test_export_serve_and_eval_refuse_a_segmentation_run_clearly(tmp_path):
+    """Until segmentation export/serving lands (issue 6), they say so instead of failing oddly."""
+    from typer.testing import CliRunner
+
+    from trainer.checkpoint import build_meta, write_checkpoint
+    from trainer.cli import app
+
+    meta = build_meta(task="segmentation", classes=["bg", "a"], multilabel=False,
+                      model={"name": "unet_resnet10t", "source": "timm", "head": []}, preprocessing={},
+                      metrics={}, epoch=1, monitor={"metric": "val/miou"}, training={})  # fmt: skip
+    write_checkpoint(tmp_path / "run" / "best", {}, meta, {})
+    for args in (
+        ["export", tmp_path / "run"],
+        ["serve", tmp_path / "run"],
+        ["eval", tmp_path / "run", "--data", tmp_path],
+    ):
+        result = CliRunner().invoke(app, [str(a) for a in args])
+        assert result.exit_code == 2, (args, result.output)
+        assert "a segmentation run" in result.output
