@@ -2,16 +2,60 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+out = Console()
+err = Console(stderr=True)
 
 
 def tune(
     config: Path,
+    space: Annotated[Path, typer.Option(help="the search space file (YAML)")],
     overrides: Annotated[list[str] | None, typer.Argument(help="dotted.key=value")] = None,
-    space: Annotated[Path | None, typer.Option(help="the search space file (YAML)")] = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: local cluster)")] = None,
+    name: Annotated[str | None, typer.Option(help="run name (default: the config file's name)")] = None,
+    quiet: Annotated[bool, typer.Option(help="no per-trial progress lines")] = False,
 ) -> None:
-    """Sweep hyperparameters with Ray Tune; each trial is a distributed training run."""
-    raise NotImplementedError
+    """Sweep hyperparameters with Ray Tune; each trial is a distributed training run. Running it
+    again with the same name resumes the sweep."""
+    from trainer.cli import fail, input_errors
+    from trainer.config import load_config
+    from trainer.data import check_data
+    from tuner.report import collect, summary_table, write_outputs
+    from tuner.space import load_space
+    from tuner.sweep import SweepFailed, run_sweep, tune_dir_of
+
+    try:
+        cfg = load_config(config, overrides or [], name=name)
+        sweep_space = load_space(space, cfg)
+        check_data(cfg)  # fail fast, before any cluster starts, on an unusable dataset
+    except input_errors() as exc:
+        fail(str(exc))
+    show_progress(quiet)
+    err.print(f"sweep dir: {tune_dir_of(cfg)}")
+    try:
+        run = run_sweep(cfg, sweep_space, address=address)
+    except input_errors() as exc:
+        fail(str(exc))
+    except SweepFailed as exc:
+        fail(f"the sweep failed: {exc}", 1)
+    summary = collect(cfg, sweep_space, run)
+    outputs = write_outputs(summary, cfg, sweep_space)
+    out.print(summary_table(summary, sweep_space, outputs))
+    if not summary.succeeded:
+        fail(f"no trial finished ({len(summary.trials)} trials; see {outputs['results']})", 1)
+
+
+def show_progress(quiet: bool) -> None:
+    logger = logging.getLogger("vft.tune")
+    logger.handlers.clear()
+    logger.propagate = False
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    handler = RichHandler(console=err, show_path=False, show_level=False, markup=False)
+    logger.addHandler(handler)
