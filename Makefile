@@ -56,6 +56,8 @@ test: venv lint tools
 
 bench: venv
 	$(BIN)/python bench/train_step.py
+	$(BIN)/python bench/serve.py
+	$(BIN)/python bench/tune.py
 
 clean:
 	rm -rf runs data .pytest_cache .ruff_cache
