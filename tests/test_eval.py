@@ -200,6 +200,7 @@ def test_robust_acc_monitor_needs_robust_val(digits_dir):
         "validate",
         ROOT / "configs/digits.yaml",
         f"data.train={digits_dir}/train",
+        f"data.val={digits_dir}/val",
         "train.monitor=val/robust_acc",
     )
     assert result.exit_code == 2
