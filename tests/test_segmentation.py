@@ -206,6 +206,7 @@ def test_meta_json_rebuilds_the_preprocessing(seg_run):
         out = model(x)
     assert out.shape == (1, 6, 64, 64)
     assert (seg_run / "plots" / "learning_curves.png").is_file()
+    assert (seg_run / "plots" / "predictions.png").is_file()  # overlays of truth and prediction
 
 
 def test_export_serve_and_eval_refuse_a_segmentation_run_clearly(tmp_path):

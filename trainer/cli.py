@@ -26,6 +26,7 @@ err = Console(stderr=True)
 
 class Task(str, Enum):
     classification = "classification"
+    detection = "detection"
     segmentation = "segmentation"
 
 
@@ -72,11 +73,14 @@ def data_shapes(
     size: Annotated[int, typer.Option(min=16)] = 64,
     seed: int = 0,
 ) -> None:
-    """Generated shapes on textured backgrounds: ImageFolder (classification) or mask folders
-    (segmentation: images/, masks/ of class indices, classes.txt)."""
-    from trainer.generate import shapes_classification, shapes_segmentation
+    """Generated shapes on textured backgrounds: ImageFolder (classification), COCO instances
+    JSON + images/ (detection) or mask folders (segmentation: images/, masks/ of class
+    indices, classes.txt)."""
+    from trainer import generate as g
 
-    generate = shapes_segmentation if task == Task.segmentation else shapes_classification
+    generate = {"classification": g.shapes_classification, "detection": g.shapes_detection}.get(
+        task.value, g.shapes_segmentation
+    )
     counts = generate(out_dir, n_train, n_val, size, seed)
     out.print(f"wrote {counts['train']} train and {counts['val']} val images ({task.value}) to {out_dir}")
 
@@ -111,18 +115,24 @@ def validate(
 
 @app.command("ls")
 def list_components(what: Listing, pattern: Annotated[str | None, typer.Argument()] = None) -> None:
-    """List registered names: models (timm and torchvision), optimizers, schedulers, losses, tasks."""
+    """List registered names: models (timm and torchvision, per task), optimizers, schedulers, losses,
+    tasks."""
     from trainer import registry
 
     if what == Listing.models:
+        from trainer.detmodels import detector_source, list_detectors
         from trainer.models import list_models, model_sources
+        from trainer.segmodels import list_segmenters, segmenter_source
 
-        table = Table("model", "source")
-        names = list_models(pattern)
-        for name in names:
-            table.add_row(name, ", ".join(model_sources(name)))
+        rows = [(n, "classification", ", ".join(model_sources(n))) for n in list_models(pattern)]
+        rows += [(n, "segmentation", segmenter_source(n) or "timm") for n in list_segmenters()]
+        rows += [(n, "detection", detector_source(n)) for n in list_detectors()]
+        rows = [r for r in rows if r[1] == "classification" or registry.filter_names([r[0]], pattern)]
+        table = Table("model", "task", "source")
+        for row in rows:
+            table.add_row(*row)
         out.print(table)
-        out.print(f"{len(names)} models")
+        out.print(f"{len(rows)} models")
         return
     names = getattr(registry, f"list_{what.value}")(pattern)
     for name in names:

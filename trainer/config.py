@@ -53,14 +53,25 @@ class ModelConfig(_Strict):
     drop_rate: float = Field(0.0, ge=0.0, lt=1.0)
     drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0)
     aux_loss: bool = Field(False, description="segmentation: DeepLabV3/FCN auxiliary head and loss")
+    backbone_weights: Literal["none", "hub"] = Field("none", description="detection: ImageNet backbone")
+    trainable_backbone_layers: int | None = Field(
+        None,
+        ge=0,
+        le=6,
+        description="detection: backbone stages (from the top) that train with pretrained weights",
+    )
 
     @field_validator("name")
     @classmethod
     def _known_model(cls, name: str, info: ValidationInfo) -> str:
-        from trainer import models, segmodels
+        from trainer import detmodels, models, segmodels
 
         source = info.data.get("source", "auto")
-        if models.resolve_source(name, source) is None and segmodels.segmenter_source(name, source) is None:
+        if (
+            models.resolve_source(name, source) is None
+            and segmodels.segmenter_source(name, source) is None
+            and detmodels.detector_family(name, source) is None
+        ):
             where = "timm or torchvision" if source == "auto" else source
             close = difflib.get_close_matches(name, models.list_models(), n=5)
             hint = f"; did you mean {', '.join(close)}?" if close else "; see `vft ls models`"
@@ -93,6 +104,8 @@ class AugmentConfig(_Strict):
     random_erasing: float = Field(0.0, ge=0.0, le=1.0)
     mixup_alpha: float = Field(0.0, ge=0.0)
     cutmix_alpha: float = Field(0.0, ge=0.0)
+    zoom_out: float = Field(1.0, ge=1.0, description="detection: max canvas scale of RandomZoomOut (1 = off)")
+    iou_crop: bool = Field(False, description="detection: SSD-style RandomIoUCrop")
 
     @field_validator("scale", "ratio")
     @classmethod
@@ -104,10 +117,11 @@ class AugmentConfig(_Strict):
 
 class DataConfig(_Strict):
     train: str = Field(
-        description="ImageFolder directory, CSV manifest (path,label), or mask folder (images/ + masks/)"
+        description="ImageFolder directory, CSV manifest (path,label), mask folder (images/ + masks/), "
+        "COCO instances JSON (or a folder with annotations.json) or YOLO folder (images/ + labels/)"
     )
     val: str | None = None
-    format: Literal["auto", "imagefolder", "csv", "maskfolder"] = "auto"
+    format: Literal["auto", "imagefolder", "csv", "maskfolder", "coco", "yolo"] = "auto"
     ignore_index: int = Field(255, ge=0, le=255, description="segmentation: mask value left out")
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     split_seed: int = 0
@@ -210,6 +224,7 @@ class LossConfig(_Strict):
     name: str = "auto"
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     focal_gamma: float = Field(2.0, ge=0.0)
+    weights: dict[str, float] = Field({}, description="detection: weight per loss term (`vft ls losses`)")
 
     @field_validator("name")
     @classmethod

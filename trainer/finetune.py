@@ -31,6 +31,7 @@ class ParamLayout:
     layers: dict[str, int]  # fine layer id per parameter for layer decay; head = num_layers - 1
     num_layers: int
     no_decay: set[str] = field(default_factory=set)
+    frozen: set[str] = field(default_factory=set)  # frozen by the model builder: never train
 
 
 def _in_any(name: str, prefixes) -> bool:
@@ -39,19 +40,20 @@ def _in_any(name: str, prefixes) -> bool:
 
 def param_layout(built: BuiltModel) -> ParamLayout:
     model = built.module
-    names = [n for n, _ in model.named_parameters()]
+    frozen = set(built.frozen)
+    names = [n for n, _ in model.named_parameters() if n not in frozen]
     head = [n for n in names if _in_any(n, built.head)]
     if built.source == "timm" and hasattr(model, "group_matcher"):
         blocks = _timm_groups(model, coarse=True)
         fine = _timm_groups(model, coarse=False)
     else:
         blocks = fine = _structural_groups(model)
-    blocks = [[n for n in group if n not in head] for group in blocks]
-    blocks = [group for group in blocks if group]
-    fine = [group for group in ([n for n in g if n not in head] for g in fine) if group]
+    out = set(head) | frozen
+    blocks = [group for group in ([n for n in g if n not in out] for g in blocks) if group]
+    fine = [group for group in ([n for n in g if n not in out] for g in fine) if group]
     layers = {n: i for i, group in enumerate(fine) for n in group}
     layers.update({n: len(fine) for n in head})
-    return ParamLayout(head, blocks, layers, len(fine) + 1, _no_decay_names(model))
+    return ParamLayout(head, blocks, layers, len(fine) + 1, _no_decay_names(model), frozen)
 
 
 def _timm_groups(model: nn.Module, coarse: bool) -> list[list[str]]:
@@ -174,7 +176,7 @@ def param_groups(
     groups: dict[tuple, dict] = {}
     for name, param in model.named_parameters():
         mult = head_lr_mult if name in head else stage_mult.get(name, 1.0)
-        if mult is None:
+        if mult is None or name in layout.frozen:
             continue
         layer = layout.layers.get(name, 0)
         scale = (layer_decay ** (top - layer) if layer_decay else 1.0) * mult

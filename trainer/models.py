@@ -35,6 +35,7 @@ class BuiltModel:
     source: str
     head: tuple[str, ...]
     data_defaults: dict = field(default_factory=dict)
+    frozen: tuple[str, ...] = ()  # parameters the builder froze (detectors' trainable_backbone_layers)
 
 
 @cache
@@ -254,11 +255,12 @@ def model_from_checkpoint(directory: str | Path) -> tuple[nn.Module, dict]:
     for path in (meta_file, weights_file):
         if not path.is_file():
             raise WeightsError(f"{path}: not found (is {directory} a checkpoint folder?)")
+    from trainer.tasks import get_task
+
     meta = json.loads(meta_file.read_text())
-    m = meta["model"]
-    built = create_model(m["name"], meta["num_classes"], m["source"], "none")
+    module = get_task(meta.get("task", "classification")).rebuild_model(meta)
     try:
-        built.module.load_state_dict(load_file(str(weights_file)))
-    except (RuntimeError, OSError) as exc:
-        raise WeightsError(f"{weights_file}: does not fit {m['name']} ({exc})") from exc
-    return built.module.eval(), meta
+        load_weights(module, load_file(str(weights_file)), head=())
+    except (WeightsError, RuntimeError, OSError) as exc:
+        raise WeightsError(f"{weights_file}: does not fit {meta['model']['name']} ({exc})") from exc
+    return module.eval(), meta

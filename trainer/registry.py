@@ -51,7 +51,7 @@ def filter_names(names: list[str], pattern: str | None) -> list[str]:
 SCHEDULERS = Registry("scheduler", "trainer.schedules")
 LOSSES = Registry("loss", "trainer.losses")
 TASKS = Registry("task", "trainer.tasks")
-DATASET_FORMATS = Registry("dataset format", ("trainer.data", "trainer.masks"))
+DATASET_FORMATS = Registry("dataset format", ("trainer.data", "trainer.masks", "trainer.boxes"))
 
 
 def list_schedulers(pattern: str | None = None) -> list[str]:

@@ -185,9 +185,10 @@ def _watch(thread: threading.Thread, board, cfg: VftConfig, quiet: bool) -> list
 def _epoch_line(record: dict, cfg: VftConfig) -> str:
     monitor = cfg.train.monitor
     star = " *" if record["best/epoch"] == record["epoch"] else ""
+    val_loss = f"val/loss {record['val/loss']:.4f}  " if "val/loss" in record else ""
     return (
         f"epoch {record['epoch']:>3}/{cfg.train.epochs}  train/loss {record['train/loss']:.4f}  "
-        f"val/loss {record['val/loss']:.4f}  {monitor} {record[monitor]:.4f}{star}  "
+        f"{val_loss}{monitor} {record[monitor]:.4f}{star}  "
         f"lr {record['lr']:.2e}  {record['train/img_s']:.0f} img/s  {record['time']:.1f}s"
     )
 
@@ -209,6 +210,7 @@ def write_plots(summary: TrainSummary, cfg: VftConfig) -> None:
                     Path(tmp, "confusion_matrix.png"),
                     f"validation, epoch {meta['epoch']}",
                 )
+            prediction_plot(cfg, best_dir, Path(tmp, "predictions.png"))
         plots_dir = ckpt.join(summary.run_dir, "plots")
         if ckpt.is_remote(plots_dir):
             import pyarrow.fs as pafs
@@ -218,6 +220,20 @@ def write_plots(summary: TrainSummary, cfg: VftConfig) -> None:
             Path(plots_dir).mkdir(parents=True, exist_ok=True)
             for png in Path(tmp).glob("*.png"):
                 Path(plots_dir, png.name).write_bytes(png.read_bytes())
+
+
+def prediction_plot(cfg: VftConfig, best_dir: str, path: Path) -> None:
+    """The best checkpoint's predictions on the first validation images (detection boxes,
+    segmentation overlays), rebuilt from its meta.json like a third party would."""
+    from trainer.models import model_from_checkpoint
+    from trainer.tasks import get_task
+
+    task = get_task(cfg.task)
+    if not task.draws_predictions:
+        return
+    model, meta = model_from_checkpoint(best_dir)
+    val = task.build_datasets(cfg, task.read_data(cfg), task.preprocessing_from_meta(meta))[1]
+    task.plot_predictions(model, meta, val, path)
 
 
 def summary_table(summary: TrainSummary, cfg: VftConfig) -> Table:

@@ -1,6 +1,6 @@
 """The task interface and tasks by registered name.
 
-A task (classification, segmentation; detection later) owns everything that depends on what
+A task (classification, detection, segmentation) owns everything that depends on what
 the labels describe: config checks, reading the dataset, the model, preprocessing and joint
 image+target transforms, collation, the loss, metrics, postprocessing and the fields it adds to
 meta.json. The training loop (`trainer.loop`, `trainer.step`) only calls this interface.
@@ -57,6 +57,7 @@ class Task:
     `validate_config` methods read the config tree."""
 
     name: str = ""
+    draws_predictions: bool = False  # plot_predictions draws something
 
     # -- config
     def metric_names(self, multilabel: bool = False) -> list[str]:
@@ -122,6 +123,46 @@ class Task:
         """Task-specific fields added to meta.json."""
         return {}
 
+    def rebuild_model(self, meta: dict) -> torch.nn.Module:
+        """The architecture of a saved checkpoint from its meta.json alone (no weights loaded)."""
+        raise NotImplementedError
+
+    def preprocessing_from_meta(self, meta: dict):
+        from trainer.preprocess import Preprocessing
+
+        return Preprocessing.from_meta(meta["preprocessing"])
+
+    def plot_predictions(self, model: torch.nn.Module, meta: dict, dataset: Dataset, path) -> bool:
+        """Draw the model's predictions on the first validation samples to `path` (PNG);
+        False when the task has no such plot."""
+        return False
+
+
+# settings only detection uses: other tasks reject them rather than ignore them
+DETECTION_ONLY = {
+    "loss.weights": lambda c: c.loss.weights,
+    "model.backbone_weights": lambda c: c.model.backbone_weights != "none",
+    "model.trainable_backbone_layers": lambda c: c.model.trainable_backbone_layers is not None,
+    "data.augment.zoom_out": lambda c: c.data.augment.zoom_out != 1.0,
+    "data.augment.iou_crop": lambda c: c.data.augment.iou_crop,
+}
+
+
+def reject_unsupported(cfg: VftConfig, task: str, checks: dict) -> None:
+    """ValueError('field: not supported by task X') for the first setting `checks` flags."""
+    for field, used in checks.items():
+        if used(cfg):
+            raise ValueError(f"{field}: not supported by task {task}")
+
+
+def split_samples(samples, val_fraction: float, seed: int):
+    """A seeded random train/val split of a task's sample list (anything with `subset`)."""
+    import numpy as np
+
+    order = np.random.default_rng(seed).permutation(len(samples))
+    n_val = max(1, round(len(samples) * val_fraction))
+    return samples.subset(sorted(order[n_val:])), samples.subset(sorted(order[:n_val]))
+
 
 def register_task(task: Task) -> Task:
     return TASKS.register(task.name)(task)
@@ -132,7 +173,7 @@ def get_task(name: str) -> Task:
 
 
 def _register_builtin() -> None:
-    from trainer.tasks import classification, segmentation  # noqa: F401 - they register themselves
+    from trainer.tasks import classification, detection, segmentation  # noqa: F401 - they register themselves
 
 
 _register_builtin()

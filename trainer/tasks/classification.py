@@ -10,7 +10,7 @@ from trainer.losses import SEGMENTATION_ONLY, OutputLoss, create_loss
 from trainer.metrics import ClassificationMetrics, metric_names
 from trainer.models import BuiltModel, create_model, resolve_source
 from trainer.preprocess import batch_mix, eval_transform, train_transform
-from trainer.tasks import DataSplit, Task, register_task
+from trainer.tasks import DETECTION_ONLY, DataSplit, Task, register_task, reject_unsupported
 
 
 class Classification(Task):
@@ -24,8 +24,11 @@ class Classification(Task):
         return "val/map" if multilabel else "val/top1"
 
     def validate_config(self, cfg) -> None:
+        reject_unsupported(cfg, self.name, DETECTION_ONLY)
         if cfg.data.format == "maskfolder":
             raise ValueError("data.format: 'maskfolder' needs task segmentation")
+        if cfg.data.format in ("coco", "yolo"):
+            raise ValueError(f"data.format: '{cfg.data.format}' needs task detection")
         if cfg.loss.name in SEGMENTATION_ONLY:
             raise ValueError(f"loss.name: '{cfg.loss.name}' is a segmentation loss")
         if resolve_source(cfg.model.name, cfg.model.source) is None:
@@ -58,6 +61,10 @@ class Classification(Task):
 
     def create_metrics(self, num_classes: int, multilabel: bool = False, device="cpu"):
         return ClassificationMetrics(num_classes, multilabel, device)
+
+    def rebuild_model(self, meta: dict) -> torch.nn.Module:
+        m = meta["model"]
+        return create_model(m["name"], meta["num_classes"], m["source"], "none").module
 
     def postprocess(self, outputs: torch.Tensor, multilabel: bool = False) -> torch.Tensor:
         """Class probabilities: softmax, or per-label sigmoid for multilabel logits."""

@@ -14,7 +14,7 @@ from trainer.metrics import SegmentationMetrics, segmentation_metric_names
 from trainer.models import BuiltModel
 from trainer.preprocess import eval_transform, train_transform
 from trainer.segmodels import create_segmenter, has_aux_head, seg_logits, segmenter_source
-from trainer.tasks import DataSplit, Task, register_task
+from trainer.tasks import DETECTION_ONLY, DataSplit, Task, register_task, reject_unsupported, split_samples
 
 AUX_WEIGHT = 0.5
 SEG_LOSSES = "cross_entropy, dice, ce_dice or bce_dice"
@@ -52,6 +52,7 @@ _UNSUPPORTED = {
 
 class Segmentation(Task):
     name = "segmentation"
+    draws_predictions = True
 
     def metric_names(self, multilabel: bool = False) -> list[str]:
         return segmentation_metric_names()
@@ -60,9 +61,7 @@ class Segmentation(Task):
         return "val/miou"
 
     def validate_config(self, cfg) -> None:
-        for field, used in _UNSUPPORTED.items():
-            if used(cfg):
-                raise ValueError(f"{field}: not supported by task segmentation")
+        reject_unsupported(cfg, self.name, {**_UNSUPPORTED, **DETECTION_ONLY})
         if cfg.data.format not in ("auto", "maskfolder"):
             raise ValueError(f"data.format: task segmentation reads 'maskfolder', not '{cfg.data.format}'")
         if cfg.loss.name in CLASSIFICATION_ONLY:
@@ -83,7 +82,7 @@ class Segmentation(Task):
         if d.val:
             val = read_maskfolder(d.val, d.ignore_index)
         else:
-            train, val = _split(train, d.val_fraction, d.split_seed)
+            train, val = split_samples(train, d.val_fraction, d.split_seed)
         classes = read_classes(train)
         for samples in (train, val):
             check_class_indices(samples, classes)
@@ -134,6 +133,25 @@ class Segmentation(Task):
             logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         return logits.argmax(1)
 
+    def rebuild_model(self, meta: dict) -> torch.nn.Module:
+        m = meta["model"]
+        return create_segmenter(
+            m["name"], meta["num_classes"], "none", meta["segmentation"]["aux_loss"], m["source"]
+        ).module
+
+    @torch.inference_mode()
+    def plot_predictions(self, model, meta: dict, dataset, path, n: int = 6) -> bool:
+        from trainer.plots import segmentation_overlays
+
+        mean = torch.tensor(meta["preprocessing"]["mean"]).view(3, 1, 1)
+        std = torch.tensor(meta["preprocessing"]["std"]).view(3, 1, 1)
+        samples = [s for s in (dataset[i] for i in range(min(n, len(dataset)))) if s is not None]
+        images = [x for x, _ in samples]
+        preds = [self.postprocess(model(x[None]))[0] for x in images]
+        truth = [y.as_subclass(torch.Tensor) for _, y in samples]
+        segmentation_overlays([x * std + mean for x in images], preds, truth, meta["classes"], path)
+        return True
+
     def meta_fields(self, cfg) -> dict:
         return {
             "segmentation": {
@@ -144,14 +162,6 @@ class Segmentation(Task):
                 "aux_loss": cfg.model.aux_loss,
             }
         }
-
-
-def _split(samples, val_fraction: float, seed: int):
-    import numpy as np
-
-    order = np.random.default_rng(seed).permutation(len(samples))
-    n_val = max(1, round(len(samples) * val_fraction))
-    return samples.subset(sorted(order[n_val:])), samples.subset(sorted(order[:n_val]))
 
 
 register_task(Segmentation())

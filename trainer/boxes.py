@@ -1,0 +1,281 @@
+"""Detection data: COCO-format (an instances JSON + its images) and YOLO txt label folders,
+read into one sample list with boxes in image pixels (x1, y1, x2, y2); the dataset applying
+joint image+box transforms (torchvision.transforms.v2 with tv_tensors.BoundingBoxes) and its
+collate for variable-size images.
+
+Bad annotations are errors naming the file and the entry: a box outside its image (beyond a
+one-pixel tolerance; within it boxes are clamped), an unknown category or class id, an
+annotation of an unknown image. Degenerate boxes (no width or height) are dropped.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+
+from trainer.data import DataError
+from trainer.images import BadImageError, open_image
+from trainer.registry import DATASET_FORMATS
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+COCO_FILE = "annotations.json"
+TOLERANCE = 1.0  # pixels a box may reach past the image border before it is an error
+
+
+@dataclass
+class BoxSamples:
+    images: list[str]
+    boxes: list[np.ndarray]  # (k, 4) float32 x1 y1 x2 y2, image pixels
+    labels: list[np.ndarray]  # (k,) int64 class index (0-based, no background)
+    classes: list[str] = field(default_factory=list)
+    dropped: int = 0  # degenerate boxes left out
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, idx) -> BoxSamples:
+        pick = [int(i) for i in idx]
+        return BoxSamples(
+            [self.images[i] for i in pick],
+            [self.boxes[i] for i in pick],
+            [self.labels[i] for i in pick],
+            self.classes,
+        )
+
+
+def detection_format(path: str | Path) -> str | None:
+    """'coco' for an instances JSON (or a folder holding annotations.json), 'yolo' for a folder
+    with images/ and labels/, else None."""
+    path = Path(path)
+    if path.suffix == ".json" or (path / COCO_FILE).is_file():
+        return "coco"
+    if (path / "images").is_dir() and (path / "labels").is_dir():
+        return "yolo"
+    return None
+
+
+def read_detection(path: str | Path, fmt: str = "auto") -> BoxSamples:
+    fmt = detection_format(path) if fmt == "auto" else fmt
+    if fmt is None:
+        raise DataError(
+            f"{path}: not a detection dataset (a COCO instances .json, a folder with {COCO_FILE} "
+            "and its images, or a YOLO folder with images/ and labels/)"
+        )
+    return DATASET_FORMATS.get(fmt)(path)
+
+
+def _check_box(box, width: int, height: int, where: str) -> np.ndarray | None:
+    """The box clamped to the image, None when degenerate; DataError when outside the image."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    if not all(np.isfinite([x1, y1, x2, y2])):
+        raise DataError(f"{where}: box {[x1, y1, x2, y2]} is not finite")
+    t = TOLERANCE
+    if x1 < -t or y1 < -t or x2 > width + t or y2 > height + t:
+        raise DataError(
+            f"{where}: box [{x1:g}, {y1:g}, {x2:g}, {y2:g}] (x1, y1, x2, y2) lies outside the "
+            f"{width}x{height} image"
+        )
+    x1, x2 = min(max(x1, 0.0), width), min(max(x2, 0.0), width)
+    y1, y2 = min(max(y1, 0.0), height), min(max(y2, 0.0), height)
+    if x2 - x1 < 1e-3 or y2 - y1 < 1e-3:
+        return None
+    return np.array([x1, y1, x2, y2], np.float32)
+
+
+def _pack(boxes: list, labels: list) -> tuple[np.ndarray, np.ndarray]:
+    return np.array(boxes, np.float32).reshape(-1, 4), np.array(labels, np.int64)
+
+
+# ----------------------------------------------------------------------------- COCO
+
+
+@DATASET_FORMATS.register("coco")
+def read_coco(path: str | Path) -> BoxSamples:
+    """COCO instances JSON: `images` (id, file_name, width, height), `annotations` (id,
+    image_id, category_id, bbox [x, y, w, h], iscrowd), `categories` (id, name). Images are
+    looked up next to the JSON, then in its images/ folder. Crowd annotations are left out
+    (as in torchvision's references); classes are the categories ordered by id."""
+    path = Path(path)
+    file = path / COCO_FILE if path.is_dir() else path
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{file}: cannot read COCO annotations ({exc})") from exc
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise DataError(f"{file}: no '{key}' list (not a COCO instances file)")
+    categories = sorted(data["categories"], key=lambda c: c["id"])
+    index = {c["id"]: i for i, c in enumerate(categories)}
+    images = {img["id"]: img for img in data["images"]}
+    per_image: dict = {i: ([], []) for i in images}
+    dropped = 0
+    for n, ann in enumerate(data["annotations"]):
+        where = f"{file}: annotation {ann.get('id', f'#{n}')}"
+        if ann.get("image_id") not in images:
+            raise DataError(f"{where}: image_id {ann.get('image_id')} is not in 'images'")
+        if ann.get("category_id") not in index:
+            raise DataError(
+                f"{where}: unknown category_id {ann.get('category_id')} (categories: {sorted(index)})"
+            )
+        if ann.get("iscrowd", 0):
+            continue
+        img = images[ann["image_id"]]
+        try:
+            x, y, w, h = (float(v) for v in ann["bbox"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{where}: bbox must be [x, y, width, height] ({exc})") from exc
+        box = _check_box((x, y, x + w, y + h), *_coco_size(img, file), f"{where} ({img['file_name']})")
+        if box is None:
+            dropped += 1
+            continue
+        per_image[img["id"]][0].append(box)
+        per_image[img["id"]][1].append(index[ann["category_id"]])
+    files, boxes, labels = [], [], []
+    for image_id, img in images.items():
+        files.append(str(_coco_image(img, file)))
+        b, lab = _pack(*per_image[image_id])
+        boxes.append(b)
+        labels.append(lab)
+    if not files:
+        raise DataError(f"{file}: no images")
+    return BoxSamples(files, boxes, labels, [str(c["name"]) for c in categories], dropped)
+
+
+def _coco_image(img: dict, file: Path) -> Path:
+    for folder in (file.parent, file.parent / "images"):
+        if (folder / img["file_name"]).is_file():
+            return folder / img["file_name"]
+    raise DataError(f"{file}: image {img['id']}: {img['file_name']} not found next to the JSON or in images/")
+
+
+def _coco_size(img: dict, file: Path) -> tuple[int, int]:
+    if "width" in img and "height" in img:
+        return int(img["width"]), int(img["height"])
+    return _image_size(_coco_image(img, file))
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read image ({exc})") from exc
+
+
+# ----------------------------------------------------------------------------- YOLO
+
+
+@DATASET_FORMATS.register("yolo")
+def read_yolo(path: str | Path) -> BoxSamples:
+    """ROOT/images/* + ROOT/labels/<stem>.txt, one `class cx cy w h` line per box (normalised
+    to [0, 1]); an image without a label file has no objects. Class names from
+    ROOT/classes.txt (one per line) or the `names` of ROOT/data.yaml."""
+    root = Path(path)
+    classes = _yolo_classes(root)
+    images = sorted(p for p in (root / "images").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise DataError(f"{root / 'images'}: no images")
+    boxes, labels, dropped = [], [], 0
+    for image in images:
+        b, lab, d = _read_yolo_labels(root / "labels" / f"{image.stem}.txt", _image_size(image), len(classes))
+        boxes.append(b)
+        labels.append(lab)
+        dropped += d
+    return BoxSamples([str(p) for p in images], boxes, labels, classes, dropped)
+
+
+def _yolo_classes(root: Path) -> list[str]:
+    listing, spec = root / "classes.txt", root / "data.yaml"
+    if listing.is_file():
+        names = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+    elif spec.is_file():
+        import yaml
+
+        names = (yaml.safe_load(spec.read_text()) or {}).get("names", [])
+        names = [names[k] for k in sorted(names)] if isinstance(names, dict) else list(names)
+    else:
+        raise DataError(f"{root}: no classes.txt or data.yaml with the class names")
+    if not names:
+        raise DataError(f"{root}: no class names")
+    return [str(n) for n in names]
+
+
+def _read_yolo_labels(file: Path, size: tuple[int, int], num_classes: int):
+    boxes, labels, dropped = [], [], 0
+    if not file.is_file():
+        return *_pack(boxes, labels), dropped
+    width, height = size
+    for n, line in enumerate(file.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{file}:{n}"
+        parts = line.split()
+        try:
+            cls, cx, cy, w, h = int(parts[0]), *(float(v) for v in parts[1:])
+        except ValueError as exc:
+            raise DataError(f"{where}: expected 'class cx cy w h', got '{line.strip()}'") from exc
+        if not 0 <= cls < num_classes:
+            raise DataError(f"{where}: unknown class id {cls} ({num_classes} classes: 0..{num_classes - 1})")
+        xyxy = ((cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height)
+        box = _check_box(xyxy, width, height, where)
+        if box is None:
+            dropped += 1
+            continue
+        boxes.append(box)
+        labels.append(cls)
+    return *_pack(boxes, labels), dropped
+
+
+# ----------------------------------------------------------------------------- dataset
+
+
+class BoxDataset(Dataset):
+    """(image, target) through one joint transform; target = {'boxes': (k, 4) float xyxy in the
+    transformed image's pixels, 'labels': (k,) int64 with 0 = background, so class i is i + 1}.
+    A bad image raises BadImageError naming the file, or, with `skip_bad`, yields None."""
+
+    def __init__(self, samples: BoxSamples, transform, max_pixels: int = 89_478_485, skip_bad: bool = False):
+        self.samples, self.transform = samples, transform
+        self.max_pixels, self.skip_bad = max_pixels, skip_bad
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        try:
+            image = open_image(self.samples.images[i], self.max_pixels)
+        except BadImageError:
+            if self.skip_bad:
+                return None
+            raise
+        target = {
+            "boxes": tv_tensors.BoundingBoxes(
+                torch.from_numpy(self.samples.boxes[i]),
+                format="XYXY",
+                canvas_size=(image.height, image.width),
+            ),
+            "labels": torch.from_numpy(self.samples.labels[i]) + 1,
+        }
+        image, target = self.transform(image, target)
+        return image.as_subclass(torch.Tensor), {
+            "boxes": target["boxes"].as_subclass(torch.Tensor).float(),
+            "labels": target["labels"],
+        }
+
+
+class BoxCollate:
+    """Lists of images (any sizes) and target dicts; drops and counts skipped samples."""
+
+    def __call__(self, batch):
+        good = [item for item in batch if item is not None]
+        skipped = len(batch) - len(good)
+        if not good:
+            return None, None, skipped
+        return [img for img, _ in good], [t for _, t in good], skipped

@@ -1,0 +1,256 @@
+"""Object detection on the task interface: COCO-format or YOLO txt data, torchvision's Faster
+R-CNN/RetinaNet/FCOS/SSD (or the same detectors over a timm encoder + FPN), joint image+box
+transforms with tv_tensors, the detectors' own losses with configurable weights, COCO mAP
+through torchmetrics plus the mean IoU of matched boxes."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torchvision.transforms import v2 as T
+
+from trainer.boxes import BoxCollate, BoxDataset, read_detection
+from trainer.data import DataError
+from trainer.detmodels import LOSS_TERMS, create_detector, detector_family, detector_source, fixed_size
+from trainer.metrics import DetectionMetrics, detection_metric_names
+from trainer.models import BuiltModel
+from trainer.tasks import DataSplit, Task, register_task, reject_unsupported, split_samples
+
+
+class DetectionLoss:
+    """The detector's own loss terms (train mode, with targets), weighted and summed."""
+
+    def __init__(self, weights: dict[str, float]):
+        self.weights = weights
+
+    def __call__(
+        self, model: torch.nn.Module, images: list[torch.Tensor], targets: list[dict]
+    ) -> torch.Tensor:
+        terms = model(images, targets)
+        return sum(self.weights.get(name, 1.0) * value for name, value in terms.items())
+
+    def on_outputs(self, outputs, targets) -> None:
+        return None  # torchvision detectors return no losses in eval mode
+
+
+@dataclass
+class DetectionPreprocessing:
+    """What a detector's input goes through: decoded RGB scaled to [0, 1]; the model itself
+    resizes (shorter side to min_size, longer side at most max_size, or to fixed_size) and
+    normalises with mean/std, and maps boxes back to the input's pixels."""
+
+    min_size: int
+    max_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    fixed_size: list[int] | None = None
+
+    def to_meta(self) -> dict:
+        resize = (
+            f"resize to {self.fixed_size[1]}x{self.fixed_size[0]} (bilinear)"
+            if self.fixed_size
+            else f"resize (bilinear) by min({self.min_size}/shorter side, {self.max_size}/longer side)"
+        )
+        return {
+            **asdict(self),
+            "channel_order": "RGB",
+            "input": "a list of (3, H, W) float tensors, any size",
+            "steps": [
+                "scale to [0, 1]",
+                f"inside the model: normalize (x - mean) / std, {resize}, batch with zero padding",
+                "inside the model: boxes mapped back to the input image's pixels",
+            ],
+        }
+
+
+# settings that act on whole images or single labels, not on image+box pairs
+_UNSUPPORTED = {
+    "data.multilabel": lambda c: c.data.multilabel,
+    "data.balanced_sampling": lambda c: c.data.balanced_sampling,
+    "data.augment.mixup_alpha": lambda c: c.data.augment.mixup_alpha,
+    "data.augment.cutmix_alpha": lambda c: c.data.augment.cutmix_alpha,
+    "data.augment.random_erasing": lambda c: c.data.augment.random_erasing,
+    "data.augment.auto_augment": lambda c: c.data.augment.auto_augment != "none",
+    "data.mean": lambda c: c.data.mean is not None,
+    "data.std": lambda c: c.data.std is not None,
+    "data.crop_pct": lambda c: c.data.crop_pct is not None,
+    "data.interpolation": lambda c: c.data.interpolation is not None,
+    "loss.label_smoothing": lambda c: c.loss.label_smoothing,
+    "train.robust_val": lambda c: c.train.robust_val,
+    "model.aux_loss": lambda c: c.model.aux_loss,
+    "model.drop_rate": lambda c: c.model.drop_rate,
+    "model.drop_path_rate": lambda c: c.model.drop_path_rate,
+}
+
+
+class Detection(Task):
+    name = "detection"
+    draws_predictions = True
+
+    def metric_names(self, multilabel: bool = False) -> list[str]:
+        return detection_metric_names()
+
+    def default_monitor(self, multilabel: bool = False) -> str:
+        return "val/map"
+
+    def validate_config(self, cfg) -> None:
+        reject_unsupported(cfg, self.name, _UNSUPPORTED)
+        if cfg.data.format not in ("auto", "coco", "yolo"):
+            raise ValueError(f"data.format: task detection reads 'coco' or 'yolo', not '{cfg.data.format}'")
+        m = cfg.model
+        family = detector_family(m.name, m.source)
+        if family is None:
+            raise ValueError(
+                f"model.name: '{m.name}' is not a detection model (torchvision fasterrcnn_*, "
+                "retinanet_*, fcos_resnet50_fpn, ssdlite320_mobilenet_v3_large, ssd300_vgg16, "
+                "or <detector>_timm_<encoder>)"
+            )
+        if cfg.loss.name != "auto":
+            raise ValueError(
+                "loss.name: detectors use their own losses (leave 'auto'; weight terms with loss.weights)"
+            )
+        unknown = sorted(set(cfg.loss.weights) - set(LOSS_TERMS[family]))
+        if unknown:
+            raise ValueError(f"loss.weights: {unknown} not among {family}'s terms {list(LOSS_TERMS[family])}")
+        size = fixed_size(m.name)
+        if size and cfg.data.img_size not in (None, size):
+            raise ValueError(f"data.img_size: {m.name} resizes to {size}x{size}; leave it unset or {size}")
+        if m.trainable_backbone_layers is not None:
+            if detector_source(m.name) == "timm":
+                raise ValueError(
+                    "model.trainable_backbone_layers: torchvision detectors only (use finetune.*)"
+                )
+            if m.weights == "none" and m.backbone_weights == "none":
+                raise ValueError(
+                    "model.trainable_backbone_layers: needs model.weights or model.backbone_weights hub"
+                )
+
+    # -- data
+    def read_data(self, cfg) -> DataSplit:
+        d = cfg.data
+        train = read_detection(d.train, d.format)
+        if d.val:
+            val = read_detection(d.val, d.format)
+            if val.classes != train.classes:
+                raise DataError(f"data.val: {d.val} has classes {val.classes}, data.train {train.classes}")
+        else:
+            train, val = split_samples(train, d.val_fraction, d.split_seed)
+        return DataSplit(train, val, train.classes)
+
+    def check_data(self, cfg) -> list[str]:
+        split = self.read_data(cfg)
+        if not sum(len(b) for b in split.train.boxes):
+            raise DataError(f"data.train: {cfg.data.train} has no boxes")
+        return split.classes
+
+    def build_datasets(self, cfg, split: DataSplit, prep):
+        d = cfg.data
+        common = {"max_pixels": d.max_image_pixels, "skip_bad": d.skip_bad_images}
+        return (
+            BoxDataset(split.train, detection_train_transform(d.augment), **common),
+            BoxDataset(split.val, detection_eval_transform(), **common),
+        )
+
+    def collate(self, cfg, num_classes: int, train: bool) -> BoxCollate:
+        return BoxCollate()
+
+    # -- model
+    def build_model(self, cfg, num_classes: int) -> BuiltModel:
+        m = cfg.model
+        return create_detector(
+            m.name,
+            num_classes + 1,
+            m.weights,
+            m.backbone_weights,
+            m.trainable_backbone_layers,
+            cfg.data.img_size,
+        )
+
+    def build_preprocessing(self, cfg, built: BuiltModel) -> DetectionPreprocessing:
+        return self.preprocessing_from_meta({"preprocessing": built.data_defaults})
+
+    def build_loss(self, cfg) -> DetectionLoss:
+        return DetectionLoss(dict(cfg.loss.weights))
+
+    def create_metrics(self, num_classes: int, multilabel: bool = False, device="cpu") -> DetectionMetrics:
+        return DetectionMetrics(num_classes, device)
+
+    def build_metrics(self, cfg, num_classes: int, device="cpu") -> DetectionMetrics:
+        return DetectionMetrics(num_classes, device)
+
+    def postprocess(self, outputs: list[dict], score_threshold: float = 0.0) -> list[dict]:
+        """Per image: boxes (x1, y1, x2, y2 in input pixels), class indices (0-based), scores."""
+        kept = []
+        for out in outputs:
+            keep = out["scores"] >= score_threshold
+            kept.append(
+                {
+                    "boxes": out["boxes"][keep],
+                    "labels": out["labels"][keep] - 1,
+                    "scores": out["scores"][keep],
+                }
+            )
+        return kept
+
+    def rebuild_model(self, meta: dict) -> torch.nn.Module:
+        from trainer.detmodels import rebuild_detector
+
+        return rebuild_detector(meta["model"]["name"], meta["num_classes"] + 1, meta["detection"]["img_size"])
+
+    def preprocessing_from_meta(self, meta: dict) -> DetectionPreprocessing:
+        p = meta["preprocessing"]
+        return DetectionPreprocessing(p["min_size"], p["max_size"], p["mean"], p["std"], p["fixed_size"])
+
+    @torch.inference_mode()
+    def plot_predictions(self, model, meta: dict, dataset, path, n: int = 8) -> bool:
+        from trainer.plots import detection_predictions
+
+        samples = [s for s in (dataset[i] for i in range(min(n, len(dataset)))) if s is not None]
+        images = [x for x, _ in samples]
+        preds = self.postprocess(model(images))
+        truth = [{**t, "labels": t["labels"] - 1} for _, t in samples]
+        detection_predictions(images, preds, truth, meta["classes"], path)
+        return True
+
+    def meta_fields(self, cfg) -> dict:
+        return {
+            "detection": {
+                "img_size": cfg.data.img_size,
+                "labels": "model label 0 is background; class i of `classes` is label i + 1",
+                "output": "per image: boxes (x1, y1, x2, y2) in the input image's pixels, labels, scores",
+                "box_format": "xyxy",
+            }
+        }
+
+
+def detection_train_transform(aug) -> T.Compose:
+    """Joint image+box augmentation (`aug` is the config's AugmentConfig); boxes are clamped to
+    the image and degenerate ones dropped with their labels. No resize: the model does it."""
+    steps: list = [T.ToImage()]
+    if aug.color_jitter:
+        cj = aug.color_jitter
+        steps.append(T.ColorJitter(brightness=cj, contrast=cj, saturation=cj))
+    if aug.zoom_out > 1:
+        steps.append(T.RandomZoomOut(fill=0, side_range=(1.0, aug.zoom_out)))
+    if aug.iou_crop:
+        steps.append(T.RandomIoUCrop())
+    if aug.hflip:
+        steps.append(T.RandomHorizontalFlip(aug.hflip))
+    if aug.vflip:
+        steps.append(T.RandomVerticalFlip(aug.vflip))
+    if aug.rotation:
+        steps.append(T.RandomRotation(aug.rotation, expand=False))
+    steps += [
+        T.ClampBoundingBoxes(),
+        T.SanitizeBoundingBoxes(min_size=1),
+        T.ToDtype(torch.float32, scale=True),
+    ]
+    return T.Compose(steps)
+
+
+def detection_eval_transform() -> T.Compose:
+    return T.Compose([T.ToImage(), T.ToDtype(torch.float32, scale=True)])
+
+
+register_task(Detection())
