@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One prepared script for a lent GPU machine (see bench/RESULTS.md): an end-to-end `vft train`
 # on Ray with one GPU worker (precision auto -> bf16, NCCL), bench/train_step.py eager and
-# compiled (section `train`), and bench/serve.py's GPU mode (section `serve`). Run from the
+# compiled (section `train`), bench/serve.py's GPU mode (section `serve`), and detection (section
+# `det`: an end-to-end `vft train` of configs/shapes_detection.yaml on one GPU worker and
+# bench/det_step.py against torchvision's reference loop). Run from the
 # repository root with the wheels from ../shared/tools/device-wheels in .whl (carried); logs
 # land in $OUT. SECTIONS="train serve" (default) picks what runs; `cpu` runs bench/serve.py's
 # CPU mode on two pinned cores of the (otherwise idle) device.
@@ -37,4 +39,14 @@ if [[ " $SECTIONS " == *" serve "* ]]; then
 for model in resnet50 vit_base_patch16_224; do
   timeout 150 python3 bench/serve.py --device cuda --model $model --size 224 2>&1 | tee "$OUT/serve_gpu_$model.log"
 done
+fi
+
+if [[ " $SECTIONS " == *" det "* ]]; then
+python3 -m trainer.cli data shapes --task detection --out /tmp/shapes_det --n-train 800 --n-val 200 --size 256 > /dev/null
+timeout 200 python3 -m trainer.cli train configs/shapes_detection.yaml data.train=/tmp/shapes_det/train \
+  data.val=/tmp/shapes_det/val data.img_size=256 data.batch_size=32 data.num_workers=6 scaling.num_workers=1 \
+  train.epochs=6 run.storage=/tmp/runs --name det --quiet 2>&1 | grep -v "^\s*$" | tail -25 | tee "$OUT/det_e2e.log"
+cp /tmp/runs/det/metrics.csv "$OUT/det_metrics.csv" 2>/dev/null
+cp /tmp/runs/det/plots/predictions.png "$OUT/det_predictions.png" 2>/dev/null
+timeout 240 python3 bench/det_step.py --device cuda 2>&1 | grep -v Warn | tee "$OUT/det_step.log"
 fi
