@@ -3,9 +3,12 @@
 `serving.app:build_app` is the import path a RayService (or `serve run`) uses; its args are
 `ServeArgs` (run_dir and backend at least). Per request: the body's size and type are checked
 before reading it whole, the image's header before decoding it (pixels, format), then the
-checkpoint's own eval preprocessing runs, and `@serve.batch` gathers concurrent requests into
-one backend call. Bad input is answered (400, 413, 415), never raised; a full queue is
-answered 503 with Retry-After by Serve itself (`max_queued_requests`).
+task's handler prepares the input from the checkpoint's meta.json, `@serve.batch` gathers
+concurrent requests into one backend call, and the handler turns each output into the answer:
+classification the top-k labels, detection boxes in the image's pixels, segmentation a PNG mask
+(base64) at the image's size with per-class pixel fractions. Bad input is answered (400, 413,
+415), never raised; a full queue is answered 503 with Retry-After by Serve itself
+(`max_queued_requests`).
 """
 
 import asyncio
@@ -43,6 +46,7 @@ class ServeArgs(BaseModel):
     max_pixels: int = Field(40_000_000, ge=1)
     allowed_formats: list[str] = ["JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF"]
     top_k: int = Field(5, ge=1)
+    score_threshold: float = Field(0.25, ge=0.0, le=1.0, description="detection: least box score returned")
     threads: int | None = Field(None, ge=1, description="intra-op threads of the backend")
     decode_threads: int = Field(4, ge=1, le=64, description="threads decoding and preprocessing images")
 
@@ -108,6 +112,115 @@ def classification_answer(scores: np.ndarray, meta: dict, top_k: int) -> dict:
     return {"predictions": [{"label": classes[i], "index": int(i), "score": float(probs[i])} for i in order]}
 
 
+class ClassificationHandler:
+    """Eval preprocessing (resize, centre crop, normalise); top-k labels."""
+
+    def __init__(self, meta: dict, args: ServeArgs):
+        from trainer.preprocess import Preprocessing, eval_transform
+
+        self.meta, self.args = meta, args
+        self.transform = eval_transform(Preprocessing.from_meta(meta["preprocessing"]))
+        self.size = int(meta["preprocessing"]["input_size"])
+
+    def prepare(self, image) -> tuple[np.ndarray, tuple[int, int]]:
+        return self.transform(image).numpy(), image.size
+
+    def run(self, backend, inputs: list[np.ndarray]) -> list:
+        return list(backend(np.stack(inputs)))
+
+    def answer(self, output, size: tuple[int, int]) -> dict:
+        return classification_answer(output, self.meta, self.args.top_k)
+
+    def health_input(self) -> list[np.ndarray]:
+        return [np.zeros((3, self.size, self.size), np.float32)]
+
+
+class SegmentationHandler(ClassificationHandler):
+    """The whole image resized to the model's input size and normalised; the logits resized
+    back to the image's size (bilinear), argmax, a PNG of class indices."""
+
+    def __init__(self, meta: dict, args: ServeArgs):
+        import torch
+        from torchvision.transforms import v2 as T
+
+        super().__init__(meta, args)
+        p = meta["preprocessing"]
+        resize = T.Resize((self.size, self.size), antialias=True)
+        scale = T.ToDtype(torch.float32, scale=True)
+        self.transform = T.Compose([T.ToImage(), resize, scale, T.Normalize(p["mean"], p["std"])])
+
+    def answer(self, output: np.ndarray, size: tuple[int, int]) -> dict:
+        import base64
+        import io
+
+        import torch
+        import torch.nn.functional as F
+        from PIL import Image
+
+        width, height = size
+        logits = torch.from_numpy(output)[None]
+        if logits.shape[1] * width * height <= 64_000_000:  # else upsample the labels, not the logits
+            mask = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False).argmax(
+                1
+            )[0]
+        else:
+            small = logits.argmax(1, keepdim=True).float()
+            mask = F.interpolate(small, size=(height, width), mode="nearest")[0, 0].long()
+        counts = torch.bincount(mask.flatten(), minlength=len(self.meta["classes"])).tolist()
+        png = io.BytesIO()
+        Image.fromarray(mask.to(torch.uint8).numpy(), mode="L").save(png, format="PNG")
+        return {
+            "mask_png": base64.b64encode(png.getvalue()).decode(),
+            "width": width,
+            "height": height,
+            "classes": self.meta["classes"],
+            "fractions": {c: n / (width * height) for c, n in zip(self.meta["classes"], counts, strict=True)},
+        }
+
+
+class DetectionHandler:
+    """The decoded image as float [0, 1] at its own size (the detector resizes it); boxes come
+    back in the image's pixels; those under `score_threshold` are left out."""
+
+    def __init__(self, meta: dict, args: ServeArgs):
+        from trainer.tasks.detection import detection_eval_transform
+
+        self.meta, self.args = meta, args
+        self.transform = detection_eval_transform()
+
+    def prepare(self, image) -> tuple[np.ndarray, tuple[int, int]]:
+        return self.transform(image).numpy(), image.size
+
+    def run(self, backend, inputs: list[np.ndarray]) -> list:
+        return backend(inputs)
+
+    def answer(self, output, size: tuple[int, int]) -> dict:
+        boxes, labels, scores = output
+        classes, keep = self.meta["classes"], scores >= self.args.score_threshold
+        detections = [
+            {
+                "label": classes[int(k) - 1],
+                "index": int(k) - 1,
+                "score": float(s),
+                "box": [float(v) for v in b],
+            }
+            for b, k, s in zip(boxes[keep], labels[keep], scores[keep], strict=True)
+        ]
+        return {"detections": detections, "width": size[0], "height": size[1]}
+
+    def health_input(self) -> list[np.ndarray]:
+        return [np.zeros((3, 64, 64), np.float32)]
+
+
+def _finite(output) -> bool:
+    """A logits array, or a detector's (boxes, labels, scores), holds only finite numbers."""
+    return all(np.isfinite(part).all() for part in (output if isinstance(output, tuple) else (output,)))
+
+
+HANDLERS = {"classification": ClassificationHandler, "segmentation": SegmentationHandler,
+            "detection": DetectionHandler}  # fmt: skip
+
+
 @serve.deployment(
     name=DEPLOYMENT_NAME,
     max_ongoing_requests=64,
@@ -120,14 +233,13 @@ def classification_answer(scores: np.ndarray, meta: dict, top_k: int) -> dict:
 class VftModel:
     def __init__(self, args: dict):
         from serving.backends import create_backend, fetch_run_dir, read_run_meta
-        from trainer.preprocess import Preprocessing, eval_transform
 
         self.args = ServeArgs.model_validate(args)
         run_dir = fetch_run_dir(self.args.run_dir)
         self.meta = read_run_meta(run_dir)
-        self.backend = create_backend(self.args.backend, run_dir, self.args.threads)
-        self.transform = eval_transform(Preprocessing.from_meta(self.meta["preprocessing"]))
-        self.size = int(self.meta["preprocessing"]["input_size"])
+        task = self.meta.get("task", "classification")
+        self.backend = create_backend(self.args.backend, run_dir, self.args.threads, task)
+        self.handler = HANDLERS[task](self.meta, self.args)
         self.infer.set_max_batch_size(self.args.max_batch_size)
         self.infer.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s)
         # decoding runs on its own threads so that it never queues behind a batch's inference
@@ -146,19 +258,18 @@ class VftModel:
         )
         self.status_metric = metrics.Counter("vft_responses", "Responses by status", tag_keys=("status",))
 
-    def prepare(self, data: bytes) -> np.ndarray:
+    def prepare(self, data: bytes) -> tuple[np.ndarray, tuple[int, int]]:
         from trainer.images import open_image
 
         img = open_image(data, self.args.max_pixels, "request body", formats=self.args.allowed_formats)
-        return self.transform(img).numpy()
+        return self.handler.prepare(img)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
-    async def infer(self, images: list[np.ndarray]) -> list[np.ndarray]:
+    async def infer(self, images: list[np.ndarray]) -> list:
         self.batch_sizes[len(images)] += 1
         self.batch_metric.observe(len(images))
         loop = asyncio.get_running_loop()
-        outputs = await loop.run_in_executor(self.infer_pool, self.backend, np.stack(images))
-        return list(outputs)
+        return await loop.run_in_executor(self.infer_pool, self.handler.run, self.backend, images)
 
     def _answer(self, status: int, body) -> JSONResponse:
         self.statuses[status] += 1
@@ -171,7 +282,9 @@ class VftModel:
 
         try:
             data = await image_bytes(request, self.args.max_body_bytes)
-            image = await asyncio.get_running_loop().run_in_executor(self.decode_pool, self.prepare, data)
+            image, size = await asyncio.get_running_loop().run_in_executor(
+                self.decode_pool, self.prepare, data
+            )
         except RequestError as exc:
             return self._answer(exc.status, error_response(exc.status, str(exc)))
         except ImageTooLargeError as exc:
@@ -180,8 +293,8 @@ class VftModel:
             return self._answer(415, error_response(415, str(exc)))
         except BadImageError as exc:
             return self._answer(400, error_response(400, str(exc)))
-        scores = await self.infer(image)
-        return self._answer(200, classification_answer(scores, self.meta, self.args.top_k))
+        output = await self.infer(image)
+        return self._answer(200, self.handler.answer(output, size))
 
     @api.get("/v1/model", summary="The model's metadata (meta.json) and the serving backend")
     async def model_info(self) -> dict:
@@ -202,8 +315,8 @@ class VftModel:
 
     def check_health(self) -> None:
         """Serve's health check: a tiny inference must give finite outputs."""
-        out = self.backend(np.zeros((1, 3, self.size, self.size), np.float32))
-        if not np.isfinite(out).all():
+        out = self.handler.run(self.backend, self.handler.health_input())
+        if not all(_finite(o) for o in out):
             raise RuntimeError("health check: the backend returned non-finite outputs")
 
 

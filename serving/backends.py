@@ -1,8 +1,10 @@
 """Inference backends by registered name, each built from a run directory: `torch` (the
 checkpoint itself), `onnx` and `int8` (ONNX Runtime over RUN_DIR/export/model.onnx and
 model.int8.onnx) and `tensorrt` (an engine from RUN_DIR/export/tensorrt/ built for this GPU
-and TensorRT version). A backend maps a float32 NCHW batch, already preprocessed with the
-checkpoint's meta.json, to float32 model outputs (logits)."""
+and TensorRT version). For classification and segmentation a backend maps a float32 NCHW
+batch, already preprocessed with the checkpoint's meta.json, to float32 logits (N, C) or
+(N, C, H, W). Detection backends (`torch`, `onnx`) map a list of (3, H, W) float images in
+[0, 1], any sizes, to one (boxes, labels, scores) per image, boxes in the image's pixels."""
 
 from __future__ import annotations
 
@@ -17,9 +19,11 @@ from trainer import checkpoint as ckpt
 from trainer.registry import Registry
 
 BACKENDS = Registry("backend", __name__)
+DETECTION_BACKENDS = Registry("detection backend", __name__)
 EXPORT_DIR = "export"
 ONNX_FILE, INT8_FILE, PLAN_FILE = "model.onnx", "model.int8.onnx", "model.plan"
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
+DETECTION_INPUT, DETECTION_OUTPUTS = "image", ("boxes", "labels", "scores")
 
 
 class BackendError(RuntimeError):
@@ -41,14 +45,15 @@ def checkpoint_dir(run_dir: str | Path) -> Path:
     raise BackendError(f"{run_dir}: no best/meta.json (is it a run directory of `vft train`?)")
 
 
-SERVED_TASKS = ("classification",)
+SERVED_TASKS = ("classification", "segmentation", "detection")
 
 
-def read_run_meta(run_dir: str | Path) -> dict:
+def read_run_meta(
+    run_dir: str | Path, tasks: tuple[str, ...] = SERVED_TASKS, what: str = "export and serving"
+) -> dict:
     meta = ckpt.read_meta(checkpoint_dir(run_dir))
-    if meta.get("task", "classification") not in SERVED_TASKS:
-        covered = ", ".join(SERVED_TASKS)
-        raise BackendError(f"{run_dir}: a {meta['task']} run; export, serving and eval cover {covered}")
+    if meta.get("task", "classification") not in tasks:
+        raise BackendError(f"{run_dir}: a {meta['task']} run; {what} cover {', '.join(tasks)}")
     return meta
 
 
@@ -80,8 +85,8 @@ def check_servable(run_dir: str | Path, backend: str) -> None:
     """Fail before any cluster starts: a checkpoint, the backend's export, its runtime."""
     if ckpt.is_remote(str(run_dir)):
         return
-    read_run_meta(run_dir)
-    BACKENDS.get(backend)
+    meta = read_run_meta(run_dir)
+    backends_for(meta["task"]).get(backend)
     name = BACKEND_FILES.get(backend)
     if name and not export_path(run_dir, name).is_file():
         raise BackendError(f"{export_path(run_dir, name)}: not found; run `vft export {run_dir}` first")
@@ -89,8 +94,12 @@ def check_servable(run_dir: str | Path, backend: str) -> None:
         raise BackendError(f"tensorrt backend: {reason}")
 
 
-def create_backend(name: str, run_dir: str | Path, threads: int | None = None):
-    return BACKENDS.get(name)(Path(run_dir), threads)
+def backends_for(task: str) -> Registry:
+    return DETECTION_BACKENDS if task == "detection" else BACKENDS
+
+
+def create_backend(name: str, run_dir: str | Path, threads: int | None = None, task: str = "classification"):
+    return backends_for(task).get(name)(Path(run_dir), threads)
 
 
 # ----------------------------------------------------------------------------- torch
@@ -119,7 +128,9 @@ class TorchBackend:
         with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=gpu):
             # to the device first, then channels_last there (a CPU-side permute costs more)
             x = torch.from_numpy(batch).to(self.device).contiguous(memory_format=self.format)
-            return self.model(x).float().cpu().numpy()
+            out = self.model(x)
+            out = out["out"] if isinstance(out, dict) else out  # torchvision segmenters
+            return out.float().cpu().numpy()
 
 
 # ----------------------------------------------------------------------------- ONNX Runtime
@@ -162,6 +173,48 @@ class Int8Backend(OnnxBackend):
 
     file = INT8_FILE
     cpu_only = True
+
+
+# ----------------------------------------------------------------------------- detection
+
+
+@DETECTION_BACKENDS.register("torch")
+class DetectionTorchBackend:
+    """The detector in PyTorch; a list of images is one call (the model batches them)."""
+
+    def __init__(self, run_dir: Path, threads: int | None = None):
+        import torch
+
+        from trainer.models import model_from_checkpoint
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.torch = torch
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        model, _ = model_from_checkpoint(checkpoint_dir(run_dir))
+        self.model = model.to(self.device)
+        self.name = f"torch ({self.device.type}{', bf16' if self.device.type == 'cuda' else ''})"
+
+    def __call__(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        torch, gpu = self.torch, self.device.type == "cuda"
+        with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=gpu):
+            outputs = self.model([torch.from_numpy(image).to(self.device) for image in images])
+        numpy = [{k: v.float().cpu().numpy() for k, v in o.items()} for o in outputs]
+        return [(o["boxes"], o["labels"].astype(np.int64), o["scores"]) for o in numpy]
+
+
+@DETECTION_BACKENDS.register("onnx")
+class DetectionOnnxBackend:
+    """RUN_DIR/export/model.onnx (one image of any size per run) in ONNX Runtime."""
+
+    def __init__(self, run_dir: Path, threads: int | None = None):
+        self.session = onnx_session(export_path(run_dir, ONNX_FILE), threads)
+        self.name = f"onnxruntime ({self.session.get_providers()[0]}, {ONNX_FILE})"
+
+    def __call__(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        run = self.session.run
+        return [tuple(run(list(DETECTION_OUTPUTS), {DETECTION_INPUT: np.ascontiguousarray(x, np.float32)}))
+                for x in images]  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- TensorRT

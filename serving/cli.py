@@ -61,7 +61,10 @@ class TrtPrecision(str, Enum):
 
 def export(
     run_dir: Annotated[Path, typer.Argument(help="a run directory of `vft train` (or `vft tune`'s best)")],
-    formats: Annotated[str, typer.Option("--format", help="onnx, int8, tensorrt")] = "onnx,int8",
+    formats: Annotated[
+        str | None,
+        typer.Option("--format", help="onnx, int8, tensorrt (default: onnx,int8; detection: onnx)"),
+    ] = None,
     check: Annotated[bool, typer.Option(help="exit 1 when a parity threshold is exceeded")] = False,
     max_abs_diff: Annotated[float, typer.Option(help="ONNX FP32: largest |torch - onnx| output")] = 1e-3,
     min_agreement: Annotated[float, typer.Option(help="ONNX FP32: least top-1 agreement")] = 0.99,
@@ -80,7 +83,7 @@ def export(
 
     try:
         opts = ExportOptions(
-            formats=parse_formats(formats),
+            formats=parse_formats(formats) if formats else None,
             thresholds=Thresholds(max_abs_diff, min_agreement, max_metric_drop),
             opset=opset, int8_mode=int8_mode.value, calibration_images=calibration_images,
             max_images=max_images, data=data, trt_precision=trt_precision.value, trt_max_batch=trt_max_batch,
@@ -111,24 +114,31 @@ def export_row(fmt: str, r: dict) -> list[str]:
     return [
         fmt,
         status,
-        f"{r['max_abs_diff']:.1e}",
-        f"{r['top1_agreement']:.3f}",
+        f"{r.get('max_abs_diff', r.get('max_abs_box_diff', 0.0)):.1e}",
+        f"{r.get('top1_agreement', r.get('count_agreement', 0.0)):.3f}",
         f"{r['value']:.4f}",
         f"{r['metric_delta']:+.4f}",
-        f"{r['img_s_batch1']:.0f}|{r.get('img_s_batch32', 0):.0f}",
+        _img_s(r),
         f"{r['speedup_vs_onnx_fp32']:.2f}x" if "speedup_vs_onnx_fp32" in r else "",
     ]
+
+
+def _img_s(r: dict) -> str:
+    """img/s at batch 1 | 32 (detectors: batch 1 only)."""
+    return f"{r['img_s_batch1']:.0f}" + (f"|{r['img_s_batch32']:.0f}" if "img_s_batch32" in r else "")
 
 
 def export_table(report: dict) -> Table:
     ref = report["torch"]
     title = f"vft export: {report['run_dir']} (epoch {report['epoch']}, {report['images']} images)"
-    caption = f"metric: {ref['metric']}; agree: top-1 agreement with torch"
+    agree = (
+        "images whose box count agrees" if "count_agreement" in str(report["formats"]) else "top-1 agreement"
+    )
+    caption = f"metric: {ref['metric']}; agree: {agree} with torch"
     table = Table(title=title, box=box.SIMPLE_HEAD, caption=caption, pad_edge=False)
     for column in COLUMNS:
         table.add_column(column, justify="left" if column in ("format", "status") else "right", no_wrap=True)
-    img_s = f"{ref['img_s_batch1']:.0f}|{ref.get('img_s_batch32', 0):.0f}"
-    table.add_row("torch", "reference", "", "", f"{ref['value']:.4f}", "", img_s, "")
+    table.add_row("torch", "reference", "", "", f"{ref['value']:.4f}", "", _img_s(ref), "")
     for fmt, result in report["formats"].items():
         table.add_row(*export_row(fmt, result))
     return table

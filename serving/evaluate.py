@@ -184,6 +184,7 @@ def evaluate_run(
         raise EvalError(
             f"--corruptions: unknown {', '.join(unknown)}; allowed: {', '.join(R.list_corruptions())}"
         )
+    B.read_run_meta(run_dir, ("classification",), "vft eval's robustness reports")
     B.check_servable(run_dir, backend)
     model, meta = model_from_checkpoint(B.checkpoint_dir(run_dir))
     if meta["task"] != "classification" or meta["multilabel"]:

@@ -45,9 +45,12 @@ class Thresholds:
     max_metric_drop: float = 0.01
 
 
+DEFAULT_FORMATS = {"detection": ("onnx",)}  # other tasks: onnx, int8
+
+
 @dataclass
 class ExportOptions:
-    formats: tuple[str, ...] = ("onnx", "int8")
+    formats: tuple[str, ...] | None = None  # None: the task's default
     thresholds: Thresholds = field(default_factory=Thresholds)
     opset: int = 18
     int8_mode: str = "static"  # static (QDQ, calibrated) | dynamic
@@ -96,19 +99,57 @@ def preprocessed_batches(samples, classes, meta: dict, limit: int, batch_size: i
     return EvalSet(batches, torch.cat(targets), str(samples.paths[0]) if len(samples) else "")
 
 
+SEGMENTATION_PARITY_IMAGES = 100  # logits of every pixel are kept in memory for the comparison
+
+
+def task_batches(task, cfg, samples, meta: dict, limit: int, batch_size: int) -> EvalSet:
+    """Samples of any task through the checkpoint's eval preprocessing, as float32 batches."""
+    from trainer.data import make_loader
+    from trainer.tasks import DataSplit
+
+    samples = samples.subset(range(min(limit, len(samples))))
+    prep = task.preprocessing_from_meta(meta)
+    dataset = task.build_datasets(cfg, DataSplit(samples, samples, meta["classes"]), prep)[1]
+    collate = task.collate(cfg, meta["num_classes"], train=False)
+    loader = make_loader(dataset, batch_size, 0, 0, 1, train=False, collate_fn=collate)
+    batches, targets = [], []
+    for images, target, _ in loader:
+        batches.append(images.numpy())
+        targets.append(target)
+    paths = getattr(samples, "paths", None) or getattr(samples, "images", [])
+    return EvalSet(batches, torch.cat(targets), str(paths[0]) if len(paths) else "")
+
+
 def load_eval_sets(run_dir: Path, meta: dict, opts: ExportOptions) -> tuple[EvalSet, EvalSet]:
     """(validation images for parity, training images for INT8 calibration)."""
-    from trainer.data import build_data
+    from trainer.tasks import get_task
 
     cfg = run_config(run_dir, opts.data)
-    train_samples, val_samples, _ = build_data(cfg)
-    if not len(val_samples):
+    task = get_task(meta["task"])
+    split = task.read_data(cfg)
+    if not len(split.val):
         raise ExportError(f"data.val: {cfg.data.val} holds no images")
-    classes = meta["classes"]
-    shuffled = train_samples.subset(np.random.default_rng(0).permutation(len(train_samples)))
-    val = preprocessed_batches(val_samples, classes, meta, opts.max_images, opts.batch_size)
-    calib = preprocessed_batches(shuffled, classes, meta, opts.calibration_images, opts.batch_size)
+    limit = (
+        opts.max_images
+        if meta["task"] != "segmentation"
+        else min(opts.max_images, SEGMENTATION_PARITY_IMAGES)
+    )
+    shuffled = split.train.subset(np.random.default_rng(0).permutation(len(split.train)))
+    val = task_batches(task, cfg, split.val, meta, limit, opts.batch_size)
+    calib = task_batches(task, cfg, shuffled, meta, opts.calibration_images, opts.batch_size)
     return val, calib
+
+
+class Logits(torch.nn.Module):
+    """A segmenter's logits tensor (torchvision segmenters return a dict with `out`)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        return out["out"] if isinstance(out, dict) else out
 
 
 # ----------------------------------------------------------------------------- parity
@@ -308,13 +349,20 @@ def export_run(run_dir: Path, opts: ExportOptions) -> dict:
     from trainer.models import model_from_checkpoint
 
     best = B.checkpoint_dir(run_dir)
-    B.read_run_meta(run_dir)  # a task export covers
+    task = B.read_run_meta(run_dir)["task"]  # a task export covers
+    if opts.formats is None:
+        opts.formats = DEFAULT_FORMATS.get(task, ("onnx", "int8"))
     if "int8" in opts.formats or "tensorrt" in opts.formats:
         opts.formats = tuple(dict.fromkeys(("onnx", *opts.formats)))
     unavailable = B.tensorrt_unavailable() if "tensorrt" in opts.formats else None
     model, meta = model_from_checkpoint(best)
-    val, calib = load_eval_sets(run_dir, meta, opts)
     out = Path(run_dir, B.EXPORT_DIR)
+    if meta["task"] == "detection":
+        from serving.detexport import export_detection
+
+        return export_detection(run_dir, best, model, meta, opts)
+    model = Logits(model).eval() if meta["task"] == "segmentation" else model
+    val, calib = load_eval_sets(run_dir, meta, opts)
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(best / ckpt.META_FILE, out / ckpt.META_FILE)
 

@@ -71,3 +71,45 @@ def exported_run(digits_run) -> tuple[Path, dict]:
     result = CliRunner().invoke(app, ["export", str(digits_run), "--format", "onnx,int8", "--check"])
     assert result.exit_code == 0, result.output
     return digits_run, json.loads((digits_run / "export" / "report.json").read_text())
+
+
+def _vft(*args):
+    from typer.testing import CliRunner
+
+    from trainer.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="session")
+def seg_run(ray_cluster, tmp_path_factory) -> Path:
+    """configs/shapes_segmentation.yaml trained once on generated shapes (2 DDP workers)."""
+    from trainer.generate import shapes_segmentation
+
+    data = tmp_path_factory.mktemp("shapes_seg")
+    shapes_segmentation(data, n_train=400, n_val=80, size=64, seed=1)
+    storage = tmp_path_factory.mktemp("runs")
+    result = _vft(
+        "train", ROOT / "configs/shapes_segmentation.yaml", f"data.train={data}/train",
+        f"data.val={data}/val", f"run.storage={storage}", "--quiet", "--name", "seg",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return storage / "seg"
+
+
+@pytest.fixture(scope="session")
+def det_run(ray_cluster, tmp_path_factory) -> Path:
+    """configs/shapes_detection.yaml trained once (2 DDP workers, 8 epochs) on shapes written
+    by `vft data shapes --task detection` (COCO JSON)."""
+    data = tmp_path_factory.mktemp("shapes_det")
+    result = _vft(
+        "data", "shapes", "--task", "detection", "--out", data, "--n-train", 240, "--n-val", 60, "--seed", 1
+    )
+    assert result.exit_code == 0, result.output
+    storage = tmp_path_factory.mktemp("runs")
+    result = _vft(
+        "train", ROOT / "configs/shapes_detection.yaml", f"data.train={data}/train",
+        f"data.val={data}/val", f"run.storage={storage}", "--quiet", "train.epochs=8", "--name", "det",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return storage / "det"

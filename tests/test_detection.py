@@ -352,19 +352,6 @@ def test_config_rejects_settings_detection_cannot_use(small_coco):
 # ----------------------------------------------------------------------------- training on Ray
 
 
-@pytest.fixture(scope="module")
-def det_run(ray_cluster, tmp_path_factory) -> Path:
-    data = tmp_path_factory.mktemp("shapes_det")
-    result = vft(
-        "data", "shapes", "--task", "detection", "--out", data, "--n-train", 240, "--n-val", 60, "--seed", 1
-    )
-    assert result.exit_code == 0, result.output
-    storage = tmp_path_factory.mktemp("runs")
-    result = vft(*det_args(data, storage, "train.epochs=8", "--name", "det"))
-    assert result.exit_code == 0, result.output
-    return storage / "det"
-
-
 def test_two_workers_reach_the_map50_threshold(det_run):
     history = read_metrics_csv(str(det_run / "metrics.csv"))
     assert len(history) == 8
