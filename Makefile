@@ -56,6 +56,7 @@ test: venv lint tools
 
 bench: venv
 	$(BIN)/python bench/train_step.py
+	$(BIN)/python bench/det_step.py
 	$(BIN)/python bench/serve.py
 	$(BIN)/python bench/tune.py
 

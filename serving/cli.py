@@ -302,6 +302,8 @@ def table_of(title: str, header: list[str], rows: list[list[str]]) -> Table:
 
 
 def eval_tables(report: dict) -> list[Table]:
+    if report.get("task", "classification") != "classification":
+        return task_eval_tables(report)
     rows = []
     for name, d in report["domains"].items():
         label = (
@@ -321,4 +323,14 @@ def eval_tables(report: dict) -> list[Table]:
         rows = [[attack, *(f"{row[e]:.3f}" for e in eps)] for attack, row in a["top1"].items()]
         header = ["attack", *(f"{float(e) * 255:.3g}/255" for e in eps)]
         tables.append(table_of(f"adversarial top-1 (L-inf, PGD {a['pgd_steps']} steps)", header, rows))
+    return tables
+
+
+def task_eval_tables(report: dict) -> list[Table]:
+    from serving.taskeval import corruption_rows, domain_rows
+
+    tables = [table_of(f"vft eval: {report['name']} ({report['runtime']})", *domain_rows(report))]
+    if c := report["corruptions"]:
+        title = f"corruptions ({c['metric']}): clean {c['clean']:.4f}, mCE {c['mean_corruption_error']:.4f}"
+        tables.append(table_of(title, *corruption_rows(c)))
     return tables

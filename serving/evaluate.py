@@ -1,5 +1,7 @@
 """`vft eval`: where does the model break before it ships?
 
+(Detection and segmentation runs: see serving/taskeval.py.)
+
 For the best checkpoint (backend `torch`) or an exported model (`onnx`, `int8`), on one or
 more datasets (domains): per-domain metrics (top-1, per-class accuracy, confusion matrix, ECE)
 and the worst domain; on the first domain, the corruption suite (metric per corruption and
@@ -184,11 +186,15 @@ def evaluate_run(
         raise EvalError(
             f"--corruptions: unknown {', '.join(unknown)}; allowed: {', '.join(R.list_corruptions())}"
         )
-    B.read_run_meta(run_dir, ("classification",), "vft eval's robustness reports")
     B.check_servable(run_dir, backend)
-    model, meta = model_from_checkpoint(B.checkpoint_dir(run_dir))
-    if meta["task"] != "classification" or meta["multilabel"]:
+    meta = B.read_run_meta(run_dir)
+    if meta["task"] != "classification":
+        from serving.taskeval import evaluate_task_run
+
+        return evaluate_task_run(run_dir, domains, backend, name, opts, meta)
+    if meta["multilabel"]:
         raise EvalError(f"{run_dir}: vft eval covers single-label classification runs")
+    model, meta = model_from_checkpoint(B.checkpoint_dir(run_dir))
     sets = {domain: load_domain(domain, path, meta, opts) for domain, path in domains}
     predict, runtime = make_predict(backend, run_dir, model)
     p = meta["preprocessing"]

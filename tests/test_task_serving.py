@@ -147,3 +147,42 @@ def test_bad_input_gets_4xx_and_the_servers_keep_serving(servers, exported_tasks
         assert ok.status_code == 200, ok.text
         info = requests.get(f"{url}/v1/model", timeout=30).json()
         assert info["task"] == task and info["backend"] == "onnx"
+
+
+# ----------------------------------------------------------------------------- eval
+
+
+def dimmed_copy(src: Path, dst: Path) -> Path:
+    """The same images and labels at a quarter of the contrast: another domain."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    for path in (dst / "images").glob("*.png"):
+        pixels = np.asarray(Image.open(path).convert("RGB"), np.float32)
+        Image.fromarray((pixels * 0.25 + 96).astype(np.uint8)).save(path)
+    return dst
+
+
+@pytest.mark.parametrize("task, backend", [("detection", "onnx"), ("segmentation", "torch")])
+def test_eval_reports_task_metrics_per_domain_and_under_corruption(exported_tasks, tmp_path, task, backend):
+    run_dir = exported_tasks[task]
+    val = Path(yaml.safe_load((run_dir / "config.yaml").read_text())["data"]["val"])
+    dim = dimmed_copy(val, tmp_path / "dim")
+    result = vft("eval", run_dir, "--data", f"clean={val}", "--data", f"dim={dim}", "--backend", backend,
+                 "--corruptions", "gaussian_noise,contrast", "--severities", "1,5", "--max-images", 40,
+                 "--name", "check")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    out = run_dir / "eval" / "check"
+    report = json.loads((out / "report.json").read_text())
+    metric = report["metric"]
+    assert metric == ("map50" if task == "detection" else "miou")
+    clean = report["domains"]["clean"][metric]
+    assert report["domains"]["clean"]["images"] == 40 and clean > 0.1
+    assert report["worst_domain"] == "dim" and report["domains"]["dim"][metric] < clean
+    table = report["corruptions"]["table"]
+    assert set(table) == {"gaussian_noise", "contrast"} and report["corruptions"]["clean"] == clean
+    assert table["contrast"]["5"] < clean  # severity 5 contrast hurts
+    assert (out / "report.md").is_file() and (out / "corruptions.png").is_file()
+    per_class = "per_class_ap" if task == "detection" else "per_class_iou"
+    classes = json.loads((run_dir / "best" / "meta.json").read_text())["classes"]
+    assert len(report["domains"]["clean"][per_class]) == len(classes)

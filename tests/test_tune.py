@@ -379,3 +379,24 @@ def test_resume_keeps_the_configured_learning_rate():
     resumed.step.optimizer.step()
     resumed.step.schedule.per_step.step()
     assert group["lr"] == pytest.approx(0.1)  # base 0.2 x factor 0.5, not 0.1 x 0.5
+
+
+def test_detection_space_fits_the_detection_config(tmp_path):
+    """Sweeps cover every task: the shipped detection space (loss-term weights included) is
+    checked against the detection config, and a sampled point builds a valid trial config."""
+    from trainer.config import load_config
+    from trainer.generate import shapes_detection
+    from tuner.space import load_space
+    from tuner.sweep import TrialPlan, trial_config
+
+    shapes_detection(tmp_path, n_train=4, n_val=2, size=32)
+    paths = [f"data.train={tmp_path}/train", f"data.val={tmp_path}/val"]
+    cfg = load_config(ROOT / "configs/shapes_detection.yaml", paths)
+    space = load_space(ROOT / "configs/shapes_detection_space.yaml", cfg)
+    assert space.metric == "val/map50"
+    assert set(space.params) == {"optim.lr", "loss.weights.bbox_regression", "data.augment.zoom_out"}
+    plan = TrialPlan(cfg.model_dump(mode="json"), str(tmp_path / "trials"), "val/map50", "max", False)
+    trial = trial_config(plan, {"loss.weights.bbox_regression": 1.5, "data.augment.zoom_out": 1.5}, "t_00001")
+    assert trial.loss.weights["bbox_regression"] == 1.5 and trial.loss.weights["classification"] == 1.0
+    with pytest.raises(ConfigError, match="loss.weights"):
+        trial_config(plan, {"loss.weights.bogus": 1.0}, "t_00002")

@@ -82,20 +82,20 @@ def reliability_diagram(bins: list[dict], ece: float, path: str | Path) -> None:
     plt.close(fig)
 
 
-def corruption_heatmap(table: dict[str, dict[str, float]], path: str | Path) -> None:
-    """Top-1 per corruption (rows) and severity (columns)."""
+def corruption_heatmap(table: dict[str, dict[str, float]], path: str | Path, label: str = "top-1") -> None:
+    """The metric (`label`, default top-1) per corruption (rows) and severity (columns)."""
     names = list(table)
     severities = list(next(iter(table.values())))
     values = [[table[n][s] for s in severities] for n in names]
     fig, ax = plt.subplots(figsize=(1.2 * len(severities) + 3, 0.5 * len(names) + 1.5))
     image = ax.imshow(values, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
-    fig.colorbar(image, ax=ax, fraction=0.046, label="top-1")
+    fig.colorbar(image, ax=ax, fraction=0.046, label=label)
     ax.set_xticks(range(len(severities)), [f"severity {s}" for s in severities])
     ax.set_yticks(range(len(names)), names)
     for i, row in enumerate(values):
         for j, value in enumerate(row):
             ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8)
-    ax.set_title("accuracy under corruption")
+    ax.set_title(f"{label} under corruption")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

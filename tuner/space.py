@@ -296,8 +296,8 @@ def _is_union(annotation: Any) -> bool:
 
 
 def field_type(key: str, base: dict) -> Any:
-    """The annotation of the config field a dotted key names (list items by index); ConfigError
-    with a suggestion when there is none."""
+    """The annotation of the config field a dotted key names (list items by index, mapping
+    entries by key); ConfigError with a suggestion when there is none."""
     node: Any = VftConfig
     value: Any = base
     path: list[str] = []
@@ -309,6 +309,8 @@ def field_type(key: str, base: dict) -> Any:
                 where = ".".join(path)
                 raise ConfigError(f"unknown config key: {where} is a list of {size} item(s), index with 0..")
             node, value = typing.get_args(node)[0], value[int(part)]
+        elif typing.get_origin(node) is dict:  # e.g. loss.weights.<term>: the config checks the key
+            node, value = typing.get_args(node)[1], value.get(part) if isinstance(value, dict) else None
         elif isinstance(node, type) and issubclass(node, BaseModel):
             fields = node.model_fields
             if part not in fields:
