@@ -400,3 +400,27 @@ def test_detection_space_fits_the_detection_config(tmp_path):
     assert trial.loss.weights["bbox_regression"] == 1.5 and trial.loss.weights["classification"] == 1.0
     with pytest.raises(ConfigError, match="loss.weights"):
         trial_config(plan, {"loss.weights.bogus": 1.0}, "t_00002")
+
+
+def test_a_detection_sweep_runs_and_picks_its_best_by_map50(ray_cluster, tmp_path):
+    """Two real detection trials (loss-term weight and lr sampled) on generated shapes."""
+    from trainer.generate import shapes_detection
+
+    shapes_detection(tmp_path / "data", n_train=48, n_val=16, size=48, seed=2)
+    params = {"optim.lr": {"loguniform": [1e-3, 5e-3]}, "loss.weights.classification": {"uniform": [0.5, 2]}}
+    space = write_space(tmp_path / "space.yaml", {"num_samples": 2, "seed": 0, "scheduler": {"name": "fifo"},
+                                                  "params": params})  # fmt: skip
+    data = [f"data.train={tmp_path}/data/train", f"data.val={tmp_path}/data/val"]
+    result = vft(
+        "tune", ROOT / "configs/shapes_detection.yaml", "--space", space, *data,
+        f"run.storage={tmp_path}/runs", "train.epochs=1", "data.num_workers=0", "scaling.num_workers=1",
+        "--name", "det", "--quiet",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    tune_dir = tmp_path / "runs" / "det" / "tune"
+    rows = results(tune_dir)
+    assert len(rows) == 2 and all(0.0 <= float(r["val/map50"]) <= 1.0 for r in rows.values())
+    best = yaml.safe_load((tune_dir / "best_config.yaml").read_text())
+    assert best["task"] == "detection" and 0.5 <= best["loss"]["weights"]["classification"] <= 2
+    meta = yaml.safe_load((tune_dir / "best" / "best" / "meta.json").read_text())  # a run-dir layout
+    assert meta["task"] == "detection" and meta["monitor"]["metric"] == "val/map50"

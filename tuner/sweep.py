@@ -345,7 +345,17 @@ def run_sweep(cfg: VftConfig, space: Space, address: str | None = None) -> Sweep
     init_ray(address)
     fits = max_concurrent_trials(trial_resources(cfg), ray.cluster_resources())
     concurrent = space.max_concurrent_trials or fits
-    if concurrent > fits:
+    if concurrent > fits and address is None:
+        # a local cluster has no autoscaler: trial drivers beyond what fits would hold the CPUs
+        # their own Train workers wait for, and the sweep would never progress
+        log.warning(
+            "max_concurrent_trials %d: this local cluster holds %d trial(s); running %d",
+            concurrent,
+            fits,
+            fits,
+        )
+        concurrent = fits
+    elif concurrent > fits:
         log.warning(
             "max_concurrent_trials %d: the cluster holds %d trial(s) now; the others wait for an "
             "autoscaler to add nodes",
