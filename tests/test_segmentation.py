@@ -197,19 +197,3 @@ def test_meta_json_rebuilds_the_preprocessing(seg_run):
     assert out.shape == (1, 6, 64, 64)
     assert (seg_run / "plots" / "learning_curves.png").is_file()
     assert (seg_run / "plots" / "predictions.png").is_file()  # overlays of truth and prediction
-
-
-def test_eval_refuses_a_segmentation_run_clearly(tmp_path):
-    """vft eval's robustness report covers classification; a segmentation run gets exit 2."""
-    from typer.testing import CliRunner
-
-    from trainer.checkpoint import build_meta, write_checkpoint
-    from trainer.cli import app
-
-    meta = build_meta(task="segmentation", classes=["bg", "a"], multilabel=False,
-                      model={"name": "unet_resnet10t", "source": "timm", "head": []}, preprocessing={},
-                      metrics={}, epoch=1, monitor={"metric": "val/miou"}, training={})  # fmt: skip
-    write_checkpoint(tmp_path / "run" / "best", {}, meta, {})
-    result = CliRunner().invoke(app, ["eval", str(tmp_path / "run"), "--data", str(tmp_path)])
-    assert result.exit_code == 2, result.output
-    assert "a segmentation run" in result.output

@@ -231,9 +231,12 @@ def prediction_plot(cfg: VftConfig, best_dir: str, path: Path) -> None:
     task = get_task(cfg.task)
     if not task.draws_predictions:
         return
-    model, meta = model_from_checkpoint(best_dir)
-    val = task.build_datasets(cfg, task.read_data(cfg), task.preprocessing_from_meta(meta))[1]
-    task.plot_predictions(model, meta, val, path)
+    try:
+        model, meta = model_from_checkpoint(best_dir)
+        val = task.build_datasets(cfg, task.read_data(cfg), task.preprocessing_from_meta(meta))[1]
+        task.plot_predictions(model, meta, val, path)
+    except Exception as exc:  # noqa: BLE001 - a plot never fails a finished run
+        console.print(f"[yellow]plots/predictions.png not drawn: {exc}")
 
 
 def summary_table(summary: TrainSummary, cfg: VftConfig) -> Table:
