@@ -86,7 +86,10 @@ def check_servable(run_dir: str | Path, backend: str) -> None:
     if ckpt.is_remote(str(run_dir)):
         return
     meta = read_run_meta(run_dir)
-    backends_for(meta["task"]).get(backend)
+    try:
+        backends_for(meta["task"]).get(backend)
+    except KeyError as exc:  # e.g. int8 for a detector
+        raise BackendError(f"--backend: {exc.args[0]}") from None
     name = BACKEND_FILES.get(backend)
     if name and not export_path(run_dir, name).is_file():
         raise BackendError(f"{export_path(run_dir, name)}: not found; run `vft export {run_dir}` first")

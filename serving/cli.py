@@ -161,6 +161,7 @@ def serve(
     cpus_per_replica: Annotated[float, typer.Option(min=0)] = 1.0,
     address: Annotated[str | None, typer.Option(help="Ray cluster address (default: local cluster)")] = None,
     metrics_port: Annotated[int | None, typer.Option(help="local cluster: Prometheus metrics port")] = None,
+    score_threshold: Annotated[float, typer.Option(min=0, max=1, help="detection: least box score")] = 0.25,
 ) -> None:
     """Serve RUN_DIR with Ray Serve: POST /v1/predict, GET /v1/model, /healthz, /docs. Ctrl-C stops."""
     import ray
@@ -171,7 +172,7 @@ def serve(
     from trainer.run import init_ray
 
     args = ServeArgs(run_dir=str(run_dir.resolve()), backend=backend.value, max_batch_size=max_batch_size,
-                     batch_wait_timeout_s=batch_wait_ms / 1000)  # fmt: skip
+                     batch_wait_timeout_s=batch_wait_ms / 1000, score_threshold=score_threshold)  # fmt: skip
     try:
         check_servable(run_dir, backend.value)
     except bad_input_errors() as exc:

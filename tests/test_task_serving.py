@@ -58,9 +58,19 @@ def test_detection_export_matches_pytorch(exported_tasks):
 
 
 def test_detection_refuses_int8_clearly(exported_tasks, tmp_path):
+    """Export, serve and eval: INT8 is not built for detectors, and each says so (exit 2)."""
     result = vft("export", exported_tasks["detection"], "--format", "int8")
     assert result.exit_code == 2
     assert "int8: not built: detection exports ONNX (FP32) only" in " ".join(result.output.split())
+    for command in ("serve", "eval"):
+        args = [command, exported_tasks["detection"], "--backend", "int8"] + (
+            ["--data", tmp_path] if command == "eval" else []
+        )
+        result = vft(*args)
+        assert (
+            result.exit_code == 2
+            and "unknown detection backend 'int8'; allowed: onnx, torch" in result.output
+        )
 
 
 def test_segmentation_export_matches_pytorch(exported_tasks):
