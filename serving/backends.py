@@ -182,21 +182,8 @@ class Int8Backend(OnnxBackend):
 
 
 @DETECTION_BACKENDS.register("torch")
-class DetectionTorchBackend:
+class DetectionTorchBackend(TorchBackend):
     """The detector in PyTorch; a list of images is one call (the model batches them)."""
-
-    def __init__(self, run_dir: Path, threads: int | None = None):
-        import torch
-
-        from trainer.models import model_from_checkpoint
-
-        if threads:
-            torch.set_num_threads(threads)
-        self.torch = torch
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        model, _ = model_from_checkpoint(checkpoint_dir(run_dir))
-        self.model = model.to(self.device)
-        self.name = f"torch ({self.device.type}{', bf16' if self.device.type == 'cuda' else ''})"
 
     def __call__(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         torch, gpu = self.torch, self.device.type == "cuda"

@@ -17,11 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from trainer.data import DataError
-from trainer.images import BadImageError, open_image
+from trainer.data import DataError, JointDataset
 from trainer.registry import DATASET_FORMATS
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -236,25 +234,11 @@ def _read_yolo_labels(file: Path, size: tuple[int, int], num_classes: int):
 # ----------------------------------------------------------------------------- dataset
 
 
-class BoxDataset(Dataset):
+class BoxDataset(JointDataset):
     """(image, target) through one joint transform; target = {'boxes': (k, 4) float xyxy in the
-    transformed image's pixels, 'labels': (k,) int64 with 0 = background, so class i is i + 1}.
-    A bad image raises BadImageError naming the file, or, with `skip_bad`, yields None."""
+    transformed image's pixels, 'labels': (k,) int64 with 0 = background, so class i is i + 1}."""
 
-    def __init__(self, samples: BoxSamples, transform, max_pixels: int = 89_478_485, skip_bad: bool = False):
-        self.samples, self.transform = samples, transform
-        self.max_pixels, self.skip_bad = max_pixels, skip_bad
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int):
-        try:
-            image = open_image(self.samples.images[i], self.max_pixels)
-        except BadImageError:
-            if self.skip_bad:
-                return None
-            raise
+    def transform_pair(self, image, i: int):
         target = {
             "boxes": tv_tensors.BoundingBoxes(
                 torch.from_numpy(self.samples.boxes[i]),

@@ -118,6 +118,32 @@ def class_names(samples: Samples) -> list[str]:
 # ----------------------------------------------------------------------------- dataset
 
 
+class JointDataset(Dataset):
+    """Images with per-image annotations (masks, boxes: `samples.images` plus the task's own
+    fields) through one joint transform, decoded on access. A bad image raises BadImageError
+    naming the file, or, with `skip_bad`, yields None (dropped and counted by the collate)."""
+
+    def __init__(self, samples, transform, max_pixels: int = 89_478_485, skip_bad: bool = False):
+        self.samples, self.transform = samples, transform
+        self.max_pixels, self.skip_bad = max_pixels, skip_bad
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        try:
+            image = open_image(self.samples.images[i], self.max_pixels)
+        except BadImageError:
+            if self.skip_bad:
+                return None
+            raise
+        return self.transform_pair(image, i)
+
+    def transform_pair(self, image, i: int):
+        """The transformed (image, annotation) of sample `i`."""
+        raise NotImplementedError
+
+
 class ImageDataset(Dataset):
     """Decodes on access. A bad image raises BadImageError naming the file, or, with
     `skip_bad`, yields None, which the collate function drops and counts."""

@@ -10,11 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from trainer.data import DataError
-from trainer.images import BadImageError, open_image
+from trainer.data import DataError, JointDataset
 from trainer.registry import DATASET_FORMATS
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -114,24 +112,10 @@ def check_class_indices(samples: MaskSamples, classes: list[str]) -> None:
 # ----------------------------------------------------------------------------- dataset
 
 
-class MaskDataset(Dataset):
-    """(image, mask) pairs through one joint transform; a bad image raises BadImageError naming
-    the file, or, with `skip_bad`, yields None (dropped and counted by the collate)."""
+class MaskDataset(JointDataset):
+    """(image, mask) pairs through one joint transform (masks as tv_tensors.Mask)."""
 
-    def __init__(self, samples: MaskSamples, transform, max_pixels: int = 89_478_485, skip_bad: bool = False):
-        self.samples, self.transform = samples, transform
-        self.max_pixels, self.skip_bad = max_pixels, skip_bad
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int):
-        try:
-            image = open_image(self.samples.images[i], self.max_pixels)
-        except BadImageError:
-            if self.skip_bad:
-                return None
-            raise
+    def transform_pair(self, image, i: int):
         mask = tv_tensors.Mask(torch.from_numpy(read_mask(self.samples.masks[i]).copy()))
         return self.transform(image, mask)
 

@@ -138,6 +138,17 @@ class Task:
         return False
 
 
+# settings that act on whole images or single labels: detection and segmentation reject them
+WHOLE_IMAGE_ONLY = {
+    "data.multilabel": lambda c: c.data.multilabel,
+    "data.balanced_sampling": lambda c: c.data.balanced_sampling,
+    "data.augment.mixup_alpha": lambda c: c.data.augment.mixup_alpha,
+    "data.augment.cutmix_alpha": lambda c: c.data.augment.cutmix_alpha,
+    "data.augment.random_erasing": lambda c: c.data.augment.random_erasing,
+    "data.augment.auto_augment": lambda c: c.data.augment.auto_augment != "none",
+    "train.robust_val": lambda c: c.train.robust_val,
+}
+
 # settings only detection uses: other tasks reject them rather than ignore them
 DETECTION_ONLY = {
     "loss.weights": lambda c: c.loss.weights,

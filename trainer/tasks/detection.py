@@ -15,7 +15,7 @@ from trainer.data import DataError
 from trainer.detmodels import LOSS_TERMS, create_detector, detector_family, detector_source, fixed_size
 from trainer.metrics import DetectionMetrics, detection_metric_names
 from trainer.models import BuiltModel
-from trainer.tasks import DataSplit, Task, register_task, reject_unsupported, split_samples
+from trainer.tasks import WHOLE_IMAGE_ONLY, DataSplit, Task, register_task, reject_unsupported, split_samples
 
 
 class DetectionLoss:
@@ -64,20 +64,14 @@ class DetectionPreprocessing:
         }
 
 
-# settings that act on whole images or single labels, not on image+box pairs
+# the detector normalises, resizes and regularises itself
 _UNSUPPORTED = {
-    "data.multilabel": lambda c: c.data.multilabel,
-    "data.balanced_sampling": lambda c: c.data.balanced_sampling,
-    "data.augment.mixup_alpha": lambda c: c.data.augment.mixup_alpha,
-    "data.augment.cutmix_alpha": lambda c: c.data.augment.cutmix_alpha,
-    "data.augment.random_erasing": lambda c: c.data.augment.random_erasing,
-    "data.augment.auto_augment": lambda c: c.data.augment.auto_augment != "none",
+    **WHOLE_IMAGE_ONLY,
     "data.mean": lambda c: c.data.mean is not None,
     "data.std": lambda c: c.data.std is not None,
     "data.crop_pct": lambda c: c.data.crop_pct is not None,
     "data.interpolation": lambda c: c.data.interpolation is not None,
     "loss.label_smoothing": lambda c: c.loss.label_smoothing,
-    "train.robust_val": lambda c: c.train.robust_val,
     "model.aux_loss": lambda c: c.model.aux_loss,
     "model.drop_rate": lambda c: c.model.drop_rate,
     "model.drop_path_rate": lambda c: c.model.drop_path_rate,

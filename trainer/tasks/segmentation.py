@@ -14,7 +14,15 @@ from trainer.metrics import SegmentationMetrics, segmentation_metric_names
 from trainer.models import BuiltModel
 from trainer.preprocess import eval_transform, train_transform
 from trainer.segmodels import create_segmenter, has_aux_head, seg_logits, segmenter_source
-from trainer.tasks import DETECTION_ONLY, DataSplit, Task, register_task, reject_unsupported, split_samples
+from trainer.tasks import (
+    DETECTION_ONLY,
+    WHOLE_IMAGE_ONLY,
+    DataSplit,
+    Task,
+    register_task,
+    reject_unsupported,
+    split_samples,
+)
 
 AUX_WEIGHT = 0.5
 SEG_LOSSES = "cross_entropy, dice, ce_dice or bce_dice"
@@ -38,18 +46,6 @@ class SegmentationLoss:
         return self.criterion(seg_logits(outputs).float(), targets)
 
 
-# settings that act on whole images or single labels, not on image+mask pairs
-_UNSUPPORTED = {
-    "data.multilabel": lambda c: c.data.multilabel,
-    "data.balanced_sampling": lambda c: c.data.balanced_sampling,
-    "data.augment.mixup_alpha": lambda c: c.data.augment.mixup_alpha,
-    "data.augment.cutmix_alpha": lambda c: c.data.augment.cutmix_alpha,
-    "data.augment.random_erasing": lambda c: c.data.augment.random_erasing,
-    "data.augment.auto_augment": lambda c: c.data.augment.auto_augment != "none",
-    "train.robust_val": lambda c: c.train.robust_val,
-}
-
-
 class Segmentation(Task):
     name = "segmentation"
     draws_predictions = True
@@ -61,7 +57,7 @@ class Segmentation(Task):
         return "val/miou"
 
     def validate_config(self, cfg) -> None:
-        reject_unsupported(cfg, self.name, {**_UNSUPPORTED, **DETECTION_ONLY})
+        reject_unsupported(cfg, self.name, {**WHOLE_IMAGE_ONLY, **DETECTION_ONLY})
         if cfg.data.format not in ("auto", "maskfolder"):
             raise ValueError(f"data.format: task segmentation reads 'maskfolder', not '{cfg.data.format}'")
         if cfg.loss.name in CLASSIFICATION_ONLY:
