@@ -12,8 +12,6 @@ import contextlib
 import io
 import json
 import shutil
-import statistics
-import time
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -98,17 +96,9 @@ def box_parity(reference: list, outputs: list) -> dict:
     }
 
 
-def images_per_second(predict, images: list[np.ndarray], seconds: float = 1.0) -> float:
-    predict(images[:1])
-    times, deadline = [], time.perf_counter() + seconds
-    while len(times) < 3 or time.perf_counter() < deadline:
-        start = time.perf_counter()
-        predict(images[:1])
-        times.append(time.perf_counter() - start)
-    return 1 / statistics.median(times)
-
-
 def export_detection(run_dir: Path, best: Path, model: torch.nn.Module, meta: dict, opts) -> dict:
+    from serving.export import images_per_second
+
     out = Path(run_dir, B.EXPORT_DIR)
     images, targets = validation_images(run_dir, meta, opts)
     out.mkdir(parents=True, exist_ok=True)
@@ -116,7 +106,7 @@ def export_detection(run_dir: Path, best: Path, model: torch.nn.Module, meta: di
     torch_backend = B.DetectionTorchBackend(run_dir)
     reference = torch_backend(images)
     metric, ref_value = meta["monitor"]["metric"], detection_metric(meta, reference, targets)
-    torch_speed = images_per_second(torch_backend, images)
+    torch_speed = images_per_second(torch_backend, images[:1])
     report: dict = {
         "run_dir": str(run_dir), "checkpoint": str(best), "epoch": meta["epoch"], "images": len(images),
         "thresholds": asdict(opts.thresholds),
@@ -135,7 +125,7 @@ def export_detection(run_dir: Path, best: Path, model: torch.nn.Module, meta: di
         result.update(
             box_parity(reference, outputs), metric=metric, value=value, metric_delta=value - ref_value
         )
-        result["img_s_batch1"] = images_per_second(backend, images)
+        result["img_s_batch1"] = images_per_second(backend, images[:1])
         result["failed"] = detection_gate(result, opts.thresholds)
         result["status"] = "failed" if result["failed"] else "passed"
         report["formats"][fmt] = result

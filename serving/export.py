@@ -194,8 +194,9 @@ def gate(result: dict, fmt: str, t: Thresholds) -> list[str]:
     return failed
 
 
-def images_per_second(predict: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, seconds=1.0) -> float:
-    """Median throughput over repeated calls after a warm-up (at least 3 timed calls)."""
+def images_per_second(predict: Callable, batch: np.ndarray | list, seconds=1.0) -> float:
+    """Median throughput over repeated calls after a warm-up (at least 3 timed calls); `batch`
+    is an NCHW array or, for detectors, a list of images."""
     predict(batch)
     times: list[float] = []
     deadline = time.perf_counter() + seconds
@@ -203,7 +204,7 @@ def images_per_second(predict: Callable[[np.ndarray], np.ndarray], batch: np.nda
         start = time.perf_counter()
         predict(batch)
         times.append(time.perf_counter() - start)
-    return batch.shape[0] / statistics.median(times)
+    return len(batch) / statistics.median(times)
 
 
 def sample_batch(data: EvalSet, size: int) -> np.ndarray:
