@@ -25,12 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from train_step import time_steps  # noqa: E402
 
-from trainer.detmodels import create_detector  # noqa: E402
-from trainer.finetune import param_groups, param_layout  # noqa: E402
-from trainer.optim import create_optimizer  # noqa: E402
-from trainer.schedules import ScheduleSpec, create_schedule  # noqa: E402
-from trainer.step import TrainStep, autocast  # noqa: E402
-from trainer.tasks.detection import DetectionLoss  # noqa: E402
+from trainer.components.finetune import param_groups, param_layout  # noqa: E402
+from trainer.components.optim import create_optimizer  # noqa: E402
+from trainer.components.schedules import ScheduleSpec, create_schedule  # noqa: E402
+from trainer.engine.step import TrainStep, autocast  # noqa: E402
+from trainer.tasks.detection.model import create_detector  # noqa: E402
+from trainer.tasks.detection.task import DetectionLoss  # noqa: E402
 
 LR, WD, NUM_CLASSES = 0.01, 1e-4, 6
 

@@ -35,9 +35,9 @@ sys.path.insert(0, str(ROOT))
 
 from serving import backends as B  # noqa: E402
 from serving.export import EvalSet, export_onnx, images_per_second, quantize_int8  # noqa: E402
-from trainer import checkpoint as ckpt  # noqa: E402
-from trainer.models import create_model  # noqa: E402
-from trainer.preprocess import Preprocessing  # noqa: E402
+from trainer.components import checkpoint as ckpt  # noqa: E402
+from trainer.components.models import create_model  # noqa: E402
+from trainer.components.preprocess import Preprocessing  # noqa: E402
 
 
 def make_run_dir(root: Path, model_name: str, size: int, classes: int) -> tuple[Path, torch.nn.Module]:
@@ -137,8 +137,8 @@ def pipeline_rate(run_dir: Path, bodies: list[bytes], seconds: float) -> float:
     """Requests/s of the serving pipeline called in-process, without Ray Serve or HTTP: decode and
     preprocess each body (as the replica does, same code), the backend at batch 32, answers."""
     from serving.app import classification_answer
-    from trainer.images import open_image
-    from trainer.preprocess import eval_transform
+    from trainer.components.images import open_image
+    from trainer.components.preprocess import eval_transform
 
     meta = B.read_run_meta(run_dir)
     transform = eval_transform(Preprocessing.from_meta(meta["preprocessing"]))

@@ -24,11 +24,11 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from trainer.finetune import param_groups, param_layout  # noqa: E402
-from trainer.models import create_model  # noqa: E402
-from trainer.optim import create_optimizer  # noqa: E402
-from trainer.schedules import ScheduleSpec, create_schedule  # noqa: E402
-from trainer.step import TrainStep, autocast  # noqa: E402
+from trainer.components.finetune import param_groups, param_layout  # noqa: E402
+from trainer.components.models import create_model  # noqa: E402
+from trainer.components.optim import create_optimizer  # noqa: E402
+from trainer.components.schedules import ScheduleSpec, create_schedule  # noqa: E402
+from trainer.engine.step import TrainStep, autocast  # noqa: E402
 
 LR, WD = 1e-3, 0.05
 

@@ -22,8 +22,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from trainer.components.synthetic import digits  # noqa: E402
 from trainer.config import load_config  # noqa: E402
-from trainer.generate import digits  # noqa: E402
 from tuner.report import collect  # noqa: E402
 from tuner.space import check_against_config, parse_space  # noqa: E402
 from tuner.sweep import run_sweep  # noqa: E402

@@ -116,7 +116,7 @@ class ClassificationHandler:
     """Eval preprocessing (resize, centre crop, normalise); top-k labels."""
 
     def __init__(self, meta: dict, args: ServeArgs):
-        from trainer.preprocess import Preprocessing, eval_transform
+        from trainer.components.preprocess import Preprocessing, eval_transform
 
         self.meta, self.args = meta, args
         self.transform = eval_transform(Preprocessing.from_meta(meta["preprocessing"]))
@@ -183,7 +183,7 @@ class DetectionHandler:
     back in the image's pixels; those under `score_threshold` are left out."""
 
     def __init__(self, meta: dict, args: ServeArgs):
-        from trainer.tasks.detection import detection_eval_transform
+        from trainer.tasks.detection.task import detection_eval_transform
 
         self.meta, self.args = meta, args
         self.transform = detection_eval_transform()
@@ -259,7 +259,7 @@ class VftModel:
         self.status_metric = metrics.Counter("vft_responses", "Responses by status", tag_keys=("status",))
 
     def prepare(self, data: bytes) -> tuple[np.ndarray, tuple[int, int]]:
-        from trainer.images import open_image
+        from trainer.components.images import open_image
 
         img = open_image(data, self.args.max_pixels, "request body", formats=self.args.allowed_formats)
         return self.handler.prepare(img)
@@ -278,7 +278,7 @@ class VftModel:
 
     @api.post("/v1/predict", summary="Predict one image (raw image body or multipart field 'file')")
     async def predict(self, request: Request):
-        from trainer.images import BadImageError, ImageTooLargeError, UnsupportedFormatError
+        from trainer.errors import BadImageError, ImageTooLargeError, UnsupportedFormatError
 
         try:
             data = await image_bytes(request, self.args.max_body_bytes)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer import checkpoint as ckpt
+from trainer.components import checkpoint as ckpt
 from trainer.registry import Registry
 
 BACKENDS = Registry("backend", __name__)
@@ -115,7 +115,7 @@ class TorchBackend:
     def __init__(self, run_dir: Path, threads: int | None = None):
         import torch
 
-        from trainer.models import model_from_checkpoint
+        from trainer.tasks.base import model_from_checkpoint
 
         if threads:
             torch.set_num_threads(threads)

@@ -31,10 +31,7 @@ def fail(message: str, code: int = 2) -> None:
 def bad_input_errors() -> tuple[type[Exception], ...]:
     from serving.backends import BackendError
     from serving.export import ExportError
-    from trainer.config import ConfigError
-    from trainer.data import DataError
-    from trainer.images import BadImageError
-    from trainer.models import WeightsError
+    from trainer.errors import BadImageError, ConfigError, DataError, WeightsError
 
     return BackendError, ExportError, ConfigError, DataError, BadImageError, WeightsError
 
@@ -169,7 +166,7 @@ def serve(
 
     from serving.app import DEPLOYMENT_NAME, ServeArgs, build_local_app
     from serving.backends import check_servable
-    from trainer.run import init_ray
+    from trainer.driver import init_ray
 
     args = ServeArgs(run_dir=str(run_dir.resolve()), backend=backend.value, max_batch_size=max_batch_size,
                      batch_wait_timeout_s=batch_wait_ms / 1000, score_threshold=score_threshold)  # fmt: skip
@@ -262,7 +259,7 @@ def evaluate(
 ) -> None:
     """Robustness, adversarial, cross-domain and calibration report for a trained model."""
     from serving.evaluate import EvalError, EvalOptions, evaluate_run, parse_domains
-    from trainer.robustness import list_corruptions
+    from trainer.components.robustness import list_corruptions
 
     try:
         named = {"all": list_corruptions(), "none": []}

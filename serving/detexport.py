@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from serving import backends as B
-from trainer import checkpoint as ckpt
+from trainer.components import checkpoint as ckpt
 
 DETECTION_FORMATS = ("onnx",)
 
@@ -61,7 +61,7 @@ def export_detector_onnx(model: torch.nn.Module, path: Path, opset: int, size: i
 
 def validation_images(run_dir: Path, meta: dict, opts) -> tuple[list[np.ndarray], list[dict]]:
     from serving.export import ExportError, run_config
-    from trainer.tasks import get_task
+    from trainer.tasks.base import get_task
 
     cfg = run_config(run_dir, opts.data)
     task = get_task("detection")
@@ -75,7 +75,7 @@ def validation_images(run_dir: Path, meta: dict, opts) -> tuple[list[np.ndarray]
 
 
 def detection_metric(meta: dict, outputs: list, targets: list[dict]) -> float:
-    from trainer.metrics import DetectionMetrics
+    from trainer.tasks.detection.metrics import DetectionMetrics
 
     metrics = DetectionMetrics(meta["num_classes"])
     preds = [{"boxes": torch.from_numpy(b), "labels": torch.from_numpy(lab), "scores": torch.from_numpy(s)}

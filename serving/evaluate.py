@@ -23,8 +23,8 @@ import torch
 
 from serving import backends as B
 from serving.export import EvalSet, preprocessed_batches
-from trainer import plots
-from trainer import robustness as R
+from trainer.components import plots
+from trainer.components import robustness as R
 
 Predict = Callable[[torch.Tensor], torch.Tensor]
 DEFAULT_EPS = (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255)
@@ -66,7 +66,8 @@ def parse_domains(specs: list[str]) -> list[tuple[str, Path]]:
 
 
 def load_domain(name: str, path: Path, meta: dict, opts: EvalOptions) -> EvalSet:
-    from trainer.data import DataError, read_samples
+    from trainer.errors import DataError
+    from trainer.tasks.classification.data import read_samples
 
     if not path.exists():
         raise EvalError(f"--data {name}: {path} does not exist")
@@ -105,7 +106,7 @@ def logits_of(predict: Predict, data: EvalSet) -> torch.Tensor:
 
 
 def domain_metrics(meta: dict, logits: torch.Tensor, targets: torch.Tensor, n_bins: int) -> dict:
-    from trainer.metrics import ClassificationMetrics
+    from trainer.tasks.classification.metrics import ClassificationMetrics
 
     metrics = ClassificationMetrics(meta["num_classes"])
     metrics.update(logits, targets)
@@ -179,7 +180,7 @@ def adversarial_suite(model, predict: Predict, data: EvalSet, norm: R.Normalizer
 def evaluate_run(
     run_dir: Path, domains: list[tuple[str, Path]], backend: str, name: str, opts: EvalOptions
 ) -> dict:
-    from trainer.models import model_from_checkpoint
+    from trainer.tasks.base import model_from_checkpoint
 
     unknown = [c for c in opts.corruptions if c not in R.list_corruptions()]
     if unknown:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from serving import backends as B
-from trainer import checkpoint as ckpt
+from trainer.components import checkpoint as ckpt
 
 log = logging.getLogger("vft.export")
 FORMATS = ("onnx", "int8", "tensorrt")
@@ -85,8 +85,9 @@ def run_config(run_dir: Path, data: Path | None):
 
 def preprocessed_batches(samples, classes, meta: dict, limit: int, batch_size: int) -> EvalSet:
     """Samples through the checkpoint's own eval preprocessing (the code training used)."""
-    from trainer.data import ImageDataset, make_loader
-    from trainer.preprocess import Preprocessing, eval_transform
+    from trainer.components.loader import make_loader
+    from trainer.components.preprocess import Preprocessing, eval_transform
+    from trainer.tasks.classification.data import ImageDataset
 
     prep = Preprocessing.from_meta(meta["preprocessing"])
     dataset = ImageDataset(samples.subset(range(min(limit, len(samples)))), classes, eval_transform(prep),
@@ -104,8 +105,8 @@ SEGMENTATION_PARITY_IMAGES = 100  # logits of every pixel are kept in memory for
 
 def task_batches(task, cfg, samples, meta: dict, limit: int, batch_size: int) -> EvalSet:
     """Samples of any task through the checkpoint's eval preprocessing, as float32 batches."""
-    from trainer.data import make_loader
-    from trainer.tasks import DataSplit
+    from trainer.components.loader import make_loader
+    from trainer.tasks.base import DataSplit
 
     samples = samples.subset(range(min(limit, len(samples))))
     prep = task.preprocessing_from_meta(meta)
@@ -122,7 +123,7 @@ def task_batches(task, cfg, samples, meta: dict, limit: int, batch_size: int) ->
 
 def load_eval_sets(run_dir: Path, meta: dict, opts: ExportOptions) -> tuple[EvalSet, EvalSet]:
     """(validation images for parity, training images for INT8 calibration)."""
-    from trainer.tasks import get_task
+    from trainer.tasks.base import get_task
 
     cfg = run_config(run_dir, opts.data)
     task = get_task(meta["task"])
@@ -160,7 +161,7 @@ def run_all(predict: Callable[[np.ndarray], np.ndarray], data: EvalSet) -> np.nd
 
 
 def monitored_metric(meta: dict, outputs: np.ndarray, targets: torch.Tensor) -> tuple[str, float]:
-    from trainer.tasks import get_task
+    from trainer.tasks.base import get_task
 
     name = meta["monitor"]["metric"]
     metrics = get_task(meta["task"]).create_metrics(meta["num_classes"], meta["multilabel"])
@@ -347,7 +348,7 @@ def parse_formats(text: str) -> tuple[str, ...]:
 
 def export_run(run_dir: Path, opts: ExportOptions) -> dict:
     """Export, check, time; write RUN_DIR/export/report.json and return the report."""
-    from trainer.models import model_from_checkpoint
+    from trainer.tasks.base import model_from_checkpoint
 
     best = B.checkpoint_dir(run_dir)
     task = B.read_run_meta(run_dir)["task"]  # a task export covers

@@ -20,17 +20,18 @@ import numpy as np
 import torch
 
 from serving import backends as B
-from trainer import plots
-from trainer import robustness as R
+from trainer.components import plots
+from trainer.components import robustness as R
 
 
 def read_domain(task, cfg, meta: dict, name: str, path: Path, opts):
     """The domain's samples through the run's eval transform, in batches of (images, targets)."""
     from serving.evaluate import EvalError
-    from trainer.boxes import read_detection
-    from trainer.data import DataError, make_loader
-    from trainer.masks import check_class_indices, read_maskfolder
-    from trainer.tasks import DataSplit
+    from trainer.components.loader import make_loader
+    from trainer.errors import DataError
+    from trainer.tasks.base import DataSplit
+    from trainer.tasks.detection.data import read_detection
+    from trainer.tasks.segmentation.data import check_class_indices, read_maskfolder
 
     if not path.exists():
         raise EvalError(f"--data {name}: {path} does not exist")
@@ -113,7 +114,7 @@ def evaluate_task_run(
     run_dir: Path, domains: list[tuple[str, Path]], backend: str, name: str, opts, meta
 ) -> dict:
     from serving.export import run_config
-    from trainer.tasks import get_task
+    from trainer.tasks.base import get_task
 
     task, cfg = get_task(meta["task"]), run_config(run_dir, None)
     metric = meta["monitor"]["metric"].removeprefix("val/")

@@ -25,7 +25,7 @@ def ray_cluster():
 
 @pytest.fixture(scope="session")
 def digits_dir(tmp_path_factory) -> Path:
-    from trainer.generate import digits
+    from trainer.components.synthetic import digits
 
     out = tmp_path_factory.mktemp("digits")
     digits(out, size=32)
@@ -34,7 +34,7 @@ def digits_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def shapes_dir(tmp_path_factory) -> Path:
-    from trainer.generate import shapes_classification
+    from trainer.components.synthetic import shapes_classification
 
     out = tmp_path_factory.mktemp("shapes")
     shapes_classification(out, n_train=2000, n_val=300, size=32, seed=1)
@@ -84,7 +84,7 @@ def _vft(*args):
 @pytest.fixture(scope="session")
 def seg_run(ray_cluster, tmp_path_factory) -> Path:
     """configs/shapes_segmentation.yaml trained once on generated shapes (2 DDP workers)."""
-    from trainer.generate import shapes_segmentation
+    from trainer.components.synthetic import shapes_segmentation
 
     data = tmp_path_factory.mktemp("shapes_seg")
     shapes_segmentation(data, n_train=400, n_val=80, size=64, seed=1)

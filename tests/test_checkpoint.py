@@ -8,8 +8,8 @@ import random
 import numpy as np
 import torch
 
-from trainer import checkpoint as ckpt
-from trainer.loop import latest_checkpoint
+from trainer.components import checkpoint as ckpt
+from trainer.engine.loop import latest_checkpoint
 
 
 def write(directory, epoch: int) -> None:

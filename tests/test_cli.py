@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from trainer.runlog import read_metrics_csv
+from trainer.components.runlog import read_metrics_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 VFT = [sys.executable, "-m", "trainer.cli"]

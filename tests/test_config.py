@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from trainer import generate
-from trainer.config import ConfigError, build_config, load_config, parse_overrides, save_config
+from trainer.components import synthetic as generate
+from trainer.config import build_config, load_config, parse_overrides, save_config
+from trainer.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 # train configs; search spaces (*_space.yaml) are checked by tests/test_tune.py

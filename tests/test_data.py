@@ -13,21 +13,20 @@ import pytest
 import torch
 from PIL import Image
 
-from trainer import generate
-from trainer.data import (
-    BalancedSampler,
+from trainer.components import synthetic as generate
+from trainer.components.images import open_image
+from trainer.components.loader import BalancedSampler, ShardSampler
+from trainer.errors import BadImageError, DataError, ImageTooLargeError
+from trainer.tasks.classification.data import (
     Collate,
-    DataError,
     ImageDataset,
     Samples,
-    ShardSampler,
     class_names,
     read_csv_manifest,
     read_imagefolder,
     read_samples,
     split_samples,
 )
-from trainer.images import BadImageError, ImageTooLargeError, open_image
 
 
 def write_png(path: Path, color=(10, 20, 30), size=(8, 6)) -> Path:

@@ -14,15 +14,15 @@ import torch
 from PIL import Image, ImageDraw
 from typer.testing import CliRunner
 
-from trainer.boxes import BoxDataset, read_coco, read_detection, read_yolo
 from trainer.cli import app
+from trainer.components.finetune import apply_trainable, param_layout, trainable_names
+from trainer.components.runlog import read_metrics_csv
+from trainer.components.synthetic import shapes_detection
 from trainer.config import AugmentConfig
-from trainer.detmodels import LOSS_TERMS, create_detector
-from trainer.finetune import apply_trainable, param_layout, trainable_names
-from trainer.generate import shapes_detection
-from trainer.metrics import DetectionMetrics, match_boxes
-from trainer.runlog import read_metrics_csv
-from trainer.tasks.detection import detection_eval_transform, detection_train_transform
+from trainer.tasks.detection.data import BoxDataset, read_coco, read_detection, read_yolo
+from trainer.tasks.detection.metrics import DetectionMetrics, match_boxes
+from trainer.tasks.detection.model import LOSS_TERMS, create_detector
+from trainer.tasks.detection.task import detection_eval_transform, detection_train_transform
 
 ROOT = Path(__file__).resolve().parents[1]
 MAP50_THRESHOLD = 0.15  # an untrained detector scores ~0.00; 8 epochs from scratch reach ~0.25
@@ -156,7 +156,7 @@ def test_bad_coco_annotations_exit_2_naming_file_and_entry(small_coco, tmp_path,
     ],
 )
 def test_bad_yolo_labels_name_the_file_and_line(small_coco, tmp_path, line, expect):
-    from trainer.data import DataError
+    from trainer.errors import DataError
 
     yolo = _to_yolo(small_coco / "train", tmp_path / "yolo")
     label = yolo / "labels" / "00001.txt"
@@ -191,7 +191,7 @@ def test_joint_transforms_keep_boxes_on_their_objects(seed, tmp_path):
     rng = np.random.default_rng(seed)
     image, boxes, colours = _painted(rng)
     image.save(tmp_path / "img.png")
-    from trainer.boxes import BoxSamples
+    from trainer.tasks.detection.data import BoxSamples
 
     # drawn later over earlier ones: only non-overlapping draws give exact tight boxes
     samples = BoxSamples([str(tmp_path / "img.png")], [boxes], [np.arange(3)], ["r", "g", "b"])
@@ -366,8 +366,8 @@ def test_meta_json_rebuilds_model_and_preprocessing(det_run):
     the rebuilt model gives the same boxes as the training code's model."""
     from safetensors.torch import load_file
 
-    from trainer.detmodels import rebuild_detector
-    from trainer.models import model_from_checkpoint
+    from trainer.tasks.base import model_from_checkpoint
+    from trainer.tasks.detection.model import rebuild_detector
 
     meta = json.loads((det_run / "best" / "meta.json").read_text())
     assert meta["task"] == "detection" and meta["training"]["world_size"] == 2

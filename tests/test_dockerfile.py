@@ -71,7 +71,7 @@ def test_runs_as_the_non_root_user_the_chart_expects():
     steps = instructions()
     users = [value for kind, value in steps if kind == "USER"]
     assert users and users[-1].split(":")[0] == "1000"
-    helpers = (CHART / "templates" / "_helpers.tpl").read_text()
+    helpers = "".join(p.read_text() for p in (CHART / "templates").glob("_*.tpl"))
     assert "runAsUser: 1000" in helpers and "runAsGroup: 100" in helpers
     assert steps[-1][0] in ("CMD", "ENTRYPOINT")
 

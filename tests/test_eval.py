@@ -10,10 +10,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from trainer import robustness as R
 from trainer.cli import app
-from trainer.generate import shifted_domain
-from trainer.runlog import read_metrics_csv
+from trainer.components import robustness as R
+from trainer.components.runlog import read_metrics_csv
+from trainer.components.synthetic import shifted_domain
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()

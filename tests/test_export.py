@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 
 from serving.backends import tensorrt_unavailable
 from trainer.cli import app
-from trainer.models import model_from_checkpoint
-from trainer.preprocess import Preprocessing, eval_transform
+from trainer.components.preprocess import Preprocessing, eval_transform
+from trainer.tasks.base import model_from_checkpoint
 
 runner = CliRunner()
 

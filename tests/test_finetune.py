@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from trainer.finetune import (
+from trainer.components.finetune import (
     Stage,
     apply_trainable,
     freeze_frozen_batchnorm,
@@ -20,8 +20,8 @@ from trainer.finetune import (
     param_layout,
     trainable_names,
 )
-from trainer.models import create_model
-from trainer.optim import create_optimizer
+from trainer.components.models import create_model
+from trainer.components.optim import create_optimizer
 
 NUM_CLASSES = 5
 STAGES = [Stage(epoch=2, blocks=1, lr_mult=0.5), Stage(epoch=4, blocks="all", lr_mult=0.1)]

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from trainer.config import load_config
-from trainer.data import DataError
-from trainer.loop import build_job, evaluate, set_stage, train_one_epoch
-from trainer.progress import WorkerProgress
+from trainer.engine.loop import build_job, evaluate, set_stage, train_one_epoch
+from trainer.engine.progress import WorkerProgress
+from trainer.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,8 +16,7 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 
-from trainer.models import (
-    WeightsError,
+from trainer.components.models import (
     create_model,
     list_models,
     load_weights,
@@ -25,6 +24,7 @@ from trainer.models import (
     read_weights,
     resolve_source,
 )
+from trainer.errors import WeightsError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -225,7 +225,7 @@ HUB_SCRIPT = textwrap.dedent(
     """
     import sys, torch
     from safetensors.torch import load_file
-    from trainer.models import create_model
+    from trainer.components.models import create_model
 
     built = create_model(sys.argv[1], num_classes=3, weights="hub")
     expected = load_file(sys.argv[2])

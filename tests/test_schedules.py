@@ -9,11 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.config import ConfigError, build_config
-from trainer.losses import FocalLoss, SmoothedBCE, create_loss
-from trainer.metrics import ClassificationMetrics, metric_names
+from trainer.components.losses import FocalLoss, SmoothedBCE, create_loss
+from trainer.components.schedules import ScheduleSpec, create_schedule
+from trainer.config import build_config
+from trainer.errors import ConfigError
 from trainer.registry import list_losses, list_schedulers
-from trainer.schedules import ScheduleSpec, create_schedule
+from trainer.tasks.classification.metrics import ClassificationMetrics, metric_names
 
 TOTAL, PER_EPOCH, WARMUP, START = 100, 10, 10, 0.01
 WARMUP_SCHEDULES = ["cosine", "step", "multistep", "constant", "plateau"]

@@ -15,11 +15,11 @@ from torchvision import tv_tensors
 from typer.testing import CliRunner
 
 from trainer.cli import app
+from trainer.components.preprocess import Preprocessing, eval_transform, train_transform
+from trainer.components.runlog import read_metrics_csv
+from trainer.components.synthetic import shapes_segmentation
 from trainer.config import AugmentConfig
-from trainer.generate import shapes_segmentation
-from trainer.metrics import SegmentationMetrics
-from trainer.preprocess import Preprocessing, eval_transform, train_transform
-from trainer.runlog import read_metrics_csv
+from trainer.tasks.segmentation.metrics import SegmentationMetrics
 
 ROOT = Path(__file__).resolve().parents[1]
 MIOU_THRESHOLD = 0.30  # chance (all background) is about 0.8 / 6 classes = 0.13; runs reach ~0.41
@@ -92,7 +92,7 @@ def test_metrics_match_a_hand_computed_example():
 
 
 def test_losses_ignore_the_ignore_index():
-    from trainer.losses import create_loss
+    from trainer.components.losses import create_loss
 
     logits = torch.randn(2, 3, 4, 4)
     target = torch.randint(0, 3, (2, 4, 4))
@@ -114,7 +114,7 @@ def test_losses_ignore_the_ignore_index():
     "name, aux", [("lraspp_mobilenet_v3_large", False), ("deeplabv3_mobilenet_v3_large", True)]
 )
 def test_torchvision_segmenters_get_a_head_per_class_count(name, aux):
-    from trainer.segmodels import create_segmenter
+    from trainer.tasks.segmentation.model import create_segmenter
 
     built = create_segmenter(name, 4, aux_loss=aux)
     with torch.no_grad():
@@ -186,7 +186,7 @@ def test_meta_json_rebuilds_the_preprocessing(seg_run):
     # a third party: the rebuilt model and preprocessing give the logged validation mIoU's inputs
     from safetensors.torch import load_file
 
-    from trainer.segmodels import create_segmenter
+    from trainer.tasks.segmentation.model import create_segmenter
 
     model = create_segmenter(meta["model"]["name"], meta["num_classes"]).module.eval()
     model.load_state_dict(load_file(str(seg_run / "best" / "model.safetensors")))

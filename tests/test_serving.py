@@ -25,8 +25,8 @@ from local_ray import clean_env, free_ports
 from PIL import Image
 
 from serving.app import ServeArgs, build_app, build_local_app
-from trainer.models import model_from_checkpoint
-from trainer.preprocess import Preprocessing, eval_transform
+from trainer.components.preprocess import Preprocessing, eval_transform
+from trainer.tasks.base import model_from_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 BODY_LIMIT = 1 << 20

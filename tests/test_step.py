@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from trainer.schedules import ScheduleSpec, create_schedule
-from trainer.step import TrainStep, resolve_precision
+from trainer.components.schedules import ScheduleSpec, create_schedule
+from trainer.engine.step import TrainStep, resolve_precision
 
 
 def tiny_step(**kwargs) -> TrainStep:

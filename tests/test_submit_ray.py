@@ -33,7 +33,7 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    from trainer.generate import shapes_classification
+    from trainer.components.synthetic import shapes_classification
 
     root = tmp_path_factory.mktemp("shapes")
     shapes_classification(root, 40, 20, 32, 0)

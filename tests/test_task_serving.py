@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from serving.app import build_app
 from trainer.cli import app
-from trainer.models import model_from_checkpoint
+from trainer.tasks.base import model_from_checkpoint
 
 
 def vft(*args):

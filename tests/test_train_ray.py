@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from trainer.cli import app
-from trainer.runlog import read_metrics_csv
+from trainer.components.runlog import read_metrics_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()

@@ -17,8 +17,9 @@ import yaml
 from typer.testing import CliRunner
 
 from trainer.cli import app
-from trainer.config import ConfigError, load_config
-from trainer.runlog import read_metrics_csv
+from trainer.components.runlog import read_metrics_csv
+from trainer.config import load_config
+from trainer.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -360,7 +361,7 @@ def test_max_concurrent_trials_from_resources():
 def test_resume_keeps_the_configured_learning_rate():
     """PBT's explore step: a checkpoint saved at lr 0.1 resumed under lr 0.2 trains at 0.2,
     keeping the schedule's progress; weight decay comes from the config too."""
-    from trainer.loop import keep_configured_hparams
+    from trainer.engine.loop import keep_configured_hparams
 
     def job(lr: float, wd: float):
         optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=lr, weight_decay=wd)
@@ -384,8 +385,8 @@ def test_resume_keeps_the_configured_learning_rate():
 def test_detection_space_fits_the_detection_config(tmp_path):
     """Sweeps cover every task: the shipped detection space (loss-term weights included) is
     checked against the detection config, and a sampled point builds a valid trial config."""
+    from trainer.components.synthetic import shapes_detection
     from trainer.config import load_config
-    from trainer.generate import shapes_detection
     from tuner.space import load_space
     from tuner.sweep import TrialPlan, trial_config
 
@@ -404,7 +405,7 @@ def test_detection_space_fits_the_detection_config(tmp_path):
 
 def test_a_detection_sweep_runs_and_picks_its_best_by_map50(ray_cluster, tmp_path):
     """Two real detection trials (loss-term weight and lr sampled) on generated shapes."""
-    from trainer.generate import shapes_detection
+    from trainer.components.synthetic import shapes_detection
 
     shapes_detection(tmp_path / "data", n_train=48, n_val=16, size=48, seed=2)
     params = {"optim.lr": {"loguniform": [1e-3, 5e-3]}, "loss.weights.classification": {"uniform": [0.5, 2]}}

@@ -44,10 +44,7 @@ def fail(message: str, code: int = 2) -> None:
 
 
 def input_errors() -> tuple[type[Exception], ...]:
-    from trainer.config import ConfigError
-    from trainer.data import DataError
-    from trainer.images import BadImageError
-    from trainer.models import WeightsError
+    from trainer.errors import BadImageError, ConfigError, DataError, WeightsError
 
     return ConfigError, DataError, BadImageError, WeightsError
 
@@ -58,7 +55,7 @@ def data_digits(
     size: Annotated[int, typer.Option(help="image side in pixels")] = 32,
 ) -> None:
     """scikit-learn's real handwritten digits, in the ImageFolder layout (train/ and val/)."""
-    from trainer.generate import digits
+    from trainer.components.synthetic import digits
 
     counts = digits(out_dir, size=size)
     out.print(f"wrote {counts['train']} train and {counts['val']} val digits to {out_dir}")
@@ -76,7 +73,7 @@ def data_shapes(
     """Generated shapes on textured backgrounds: ImageFolder (classification), COCO instances
     JSON + images/ (detection) or mask folders (segmentation: images/, masks/ of class
     indices, classes.txt)."""
-    from trainer import generate as g
+    from trainer.components import synthetic as g
 
     generate = {"classification": g.shapes_classification, "detection": g.shapes_detection}.get(
         task.value, g.shapes_segmentation
@@ -92,7 +89,7 @@ def data_shift(
     seed: int = 0,
 ) -> None:
     """Another domain of the same classes: images recoloured over textured backgrounds (`vft eval`)."""
-    from trainer.generate import shifted_domain
+    from trainer.components.synthetic import shifted_domain
 
     if not src.is_dir():
         fail(f"--src: {src} is not a folder")
@@ -120,9 +117,9 @@ def list_components(what: Listing, pattern: Annotated[str | None, typer.Argument
     from trainer import registry
 
     if what == Listing.models:
-        from trainer.detmodels import detector_source, list_detectors
-        from trainer.models import list_models, model_sources
-        from trainer.segmodels import list_segmenters, segmenter_source
+        from trainer.components.models import list_models, model_sources
+        from trainer.tasks.detection.model import detector_source, list_detectors
+        from trainer.tasks.segmentation.model import list_segmenters, segmenter_source
 
         rows = [(n, "classification", ", ".join(model_sources(n))) for n in list_models(pattern)]
         rows += [(n, "segmentation", segmenter_source(n) or "timm") for n in list_segmenters()]
@@ -149,9 +146,9 @@ def train(
 ) -> None:
     """Fine-tune on a Ray cluster; resumes RUN_DIR if it holds a checkpoint."""
     from trainer.config import load_config
-    from trainer.run import RunFailed, run_dir_of, summary_table
-    from trainer.run import train as run_training
-    from trainer.tasks import get_task
+    from trainer.driver import RunFailed, run_dir_of, summary_table
+    from trainer.driver import train as run_training
+    from trainer.tasks.base import get_task
 
     try:
         cfg = load_config(config, overrides or [], name=name)
@@ -203,8 +200,8 @@ def submit(
     chart: Annotated[Path | None, typer.Option(help="the Helm chart (default: charts/vft)")] = None,
 ) -> None:
     """Run train, tune or serve on Kubernetes (KubeRay) or a Ray cluster, from the Helm chart."""
-    from trainer.submit import SubmitError, SubmitOptions
-    from trainer.submit import submit as run_submit
+    from trainer.launch.submit import SubmitError, SubmitOptions
+    from trainer.launch.submit import submit as run_submit
 
     options = SubmitOptions(
         workload=workload.value, config=config, overrides=overrides or [], to=to.value, address=address,

@@ -6,14 +6,16 @@ Only builder functions read this tree; components take plain typed arguments.
 from __future__ import annotations
 
 import difflib
+from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    TypeAdapter,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -21,22 +23,19 @@ from pydantic import (
 )
 
 from trainer import registry
-
-
-class ConfigError(Exception):
-    """An invalid config: each line names a dotted field and what is allowed (CLI exit code 2)."""
+from trainer.errors import ConfigError
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-def _local_paths(info: ValidationInfo) -> bool:
+def local_paths(info: ValidationInfo) -> bool:
     """Whether paths are checked here and made absolute (workers run in another folder)."""
     return (info.context or {}).get("local_paths", True)
 
 
-def _check_name(kind: str, name: str, choices: list[str]) -> str:
+def check_name(kind: str, name: str, choices: list[str]) -> str:
     if name in choices:
         return name
     close = difflib.get_close_matches(name, choices, n=5)
@@ -47,41 +46,16 @@ def _check_name(kind: str, name: str, choices: list[str]) -> str:
 
 
 class ModelConfig(_Strict):
+    """What every task's model section has; each task adds its own fields and checks the name."""
+
     source: Literal["auto", "timm", "torchvision"] = "auto"
     name: str = "resnet18"
     weights: str = Field("none", description="none | hub | path to .safetensors/.pth | previous RUN_DIR")
-    drop_rate: float = Field(0.0, ge=0.0, lt=1.0)
-    drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0)
-    aux_loss: bool = Field(False, description="segmentation: DeepLabV3/FCN auxiliary head and loss")
-    backbone_weights: Literal["none", "hub"] = Field("none", description="detection: ImageNet backbone")
-    trainable_backbone_layers: int | None = Field(
-        None,
-        ge=0,
-        le=6,
-        description="detection: backbone stages (from the top) that train with pretrained weights",
-    )
-
-    @field_validator("name")
-    @classmethod
-    def _known_model(cls, name: str, info: ValidationInfo) -> str:
-        from trainer import detmodels, models, segmodels
-
-        source = info.data.get("source", "auto")
-        if (
-            models.resolve_source(name, source) is None
-            and segmodels.segmenter_source(name, source) is None
-            and detmodels.detector_family(name, source) is None
-        ):
-            where = "timm or torchvision" if source == "auto" else source
-            close = difflib.get_close_matches(name, models.list_models(), n=5)
-            hint = f"; did you mean {', '.join(close)}?" if close else "; see `vft ls models`"
-            raise ValueError(f"unknown {where} model '{name}'{hint}")
-        return name
 
     @field_validator("weights")
     @classmethod
     def _weights_exist(cls, value: str, info: ValidationInfo) -> str:
-        if value in ("none", "hub") or not _local_paths(info):
+        if value in ("none", "hub") or not local_paths(info):
             return value
         path = Path(value).expanduser()
         if not path.exists():
@@ -92,20 +66,19 @@ class ModelConfig(_Strict):
 
 
 class AugmentConfig(_Strict):
-    scale: tuple[float, float] = (0.08, 1.0)
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    """Geometric and colour augmentation every task's joint transforms apply."""
+
     hflip: float = Field(0.5, ge=0.0, le=1.0)
     vflip: float = Field(0.0, ge=0.0, le=1.0)
     rotation: float = Field(0.0, ge=0.0, le=180.0, description="max degrees")
     color_jitter: float = Field(0.0, ge=0.0, le=1.0)
-    auto_augment: Literal["none", "randaugment", "trivialaugment"] = "none"
-    randaugment_ops: int = Field(2, ge=1)
-    randaugment_magnitude: int = Field(9, ge=0, le=30)
-    random_erasing: float = Field(0.0, ge=0.0, le=1.0)
-    mixup_alpha: float = Field(0.0, ge=0.0)
-    cutmix_alpha: float = Field(0.0, ge=0.0)
-    zoom_out: float = Field(1.0, ge=1.0, description="detection: max canvas scale of RandomZoomOut (1 = off)")
-    iou_crop: bool = Field(False, description="detection: SSD-style RandomIoUCrop")
+
+
+class CropAugmentConfig(AugmentConfig):
+    """RandomResizedCrop's range, for tasks whose model takes a fixed-size crop."""
+
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
 
     @field_validator("scale", "ratio")
     @classmethod
@@ -116,37 +89,40 @@ class AugmentConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    train: str = Field(
-        description="ImageFolder directory, CSV manifest (path,label), mask folder (images/ + masks/), "
-        "COCO instances JSON (or a folder with annotations.json) or YOLO folder (images/ + labels/)"
-    )
+    """What every task's data section has; each task narrows `format` and adds its fields."""
+
+    train: str = Field(description="the training set (a path; its layout depends on data.format)")
     val: str | None = None
-    format: Literal["auto", "imagefolder", "csv", "maskfolder", "coco", "yolo"] = "auto"
-    ignore_index: int = Field(255, ge=0, le=255, description="segmentation: mask value left out")
+    format: str = "auto"
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     split_seed: int = 0
     batch_size: int = Field(32, ge=1, description="per worker")
     num_workers: int = Field(2, ge=0, description="DataLoader processes per Ray worker")
     img_size: int | None = Field(None, ge=8)
-    mean: tuple[float, float, float] | None = None
-    std: tuple[float, float, float] | None = None
-    interpolation: Literal["bilinear", "bicubic", "nearest"] | None = None
-    crop_pct: float | None = Field(None, gt=0.0, le=1.0)
     augment: AugmentConfig = AugmentConfig()
-    balanced_sampling: bool = False
-    multilabel: bool = False
     skip_bad_images: bool = False
     max_image_pixels: int = Field(89_478_485, ge=1)
 
     @field_validator("train", "val")
     @classmethod
     def _exists(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is None or not _local_paths(info):
+        if value is None or not local_paths(info):
             return value
         path = Path(value).expanduser()
         if not path.exists():
             raise ValueError(f"path '{value}' does not exist")
         return str(path.resolve())  # workers run elsewhere: pass absolute paths
+
+
+class ImageInputDataConfig(DataConfig):
+    """Data for models that take a normalised fixed-size input: the preprocessing overrides
+    (defaults come from the model's pretrained config) and crop augmentation."""
+
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    interpolation: Literal["bilinear", "bicubic", "nearest"] | None = None
+    crop_pct: float | None = Field(None, gt=0.0, le=1.0)
+    augment: CropAugmentConfig = CropAugmentConfig()
 
 
 class UnfreezeStage(_Strict):
@@ -197,7 +173,7 @@ class OptimConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _known(cls, value: str) -> str:
-        return _check_name("optimizers", value, registry.list_optimizers())
+        return check_name("optimizers", value, registry.list_optimizers())
 
 
 class ScheduleConfig(_Strict):
@@ -217,19 +193,13 @@ class ScheduleConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _known(cls, value: str) -> str:
-        return _check_name("schedulers", value, registry.list_schedulers())
+        return check_name("schedulers", value, registry.list_schedulers())
 
 
 class LossConfig(_Strict):
-    name: str = "auto"
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
-    focal_gamma: float = Field(2.0, ge=0.0)
-    weights: dict[str, float] = Field({}, description="detection: weight per loss term (`vft ls losses`)")
+    """`name` is checked by each task against the losses it can train with."""
 
-    @field_validator("name")
-    @classmethod
-    def _known(cls, value: str) -> str:
-        return _check_name("losses", value, ["auto", *registry.list_losses()])
+    name: str = "auto"
 
 
 class EarlyStoppingConfig(_Strict):
@@ -256,7 +226,6 @@ class TrainConfig(_Strict):
     ema: EmaConfig = EmaConfig()
     sync_bn: bool = False
     seed: int = 0
-    robust_val: bool = Field(False, description="also validate under light corruptions: val/robust_acc")
 
 
 class ScalingSection(_Strict):
@@ -274,7 +243,12 @@ class RunSection(_Strict):
 
 
 class VftConfig(_Strict):
-    task: str = "classification"
+    """The sections every task shares. Each task subclasses it in its own folder
+    (`trainer/tasks/<task>/config.py`) with `task: Literal["<task>"]` and its own model, data,
+    loss and train sections; `build_config` picks the subclass by `task` (a discriminated
+    union), so a field of another task is an unknown key."""
+
+    task: str
     model: ModelConfig = ModelConfig()
     data: DataConfig
     finetune: FinetuneConfig = FinetuneConfig()
@@ -285,33 +259,22 @@ class VftConfig(_Strict):
     scaling: ScalingSection = ScalingSection()
     run: RunSection = RunSection()
 
-    @field_validator("task")
-    @classmethod
-    def _known_task(cls, value: str) -> str:
-        return _check_name("tasks", value, registry.list_tasks())
+    def metric_names(self) -> list[str]:
+        """Every metric an epoch reports (train.monitor is one of them)."""
+        raise NotImplementedError
+
+    def default_monitor(self) -> str:
+        raise NotImplementedError
 
     @model_validator(mode="after")
     def _resolve_monitor(self) -> VftConfig:
-        from trainer.tasks import get_task
-
-        task = get_task(self.task)
-        task.validate_config(self)
-        names = task.metric_names(self.data.multilabel)
-        monitor = self.train.monitor or task.default_monitor(self.data.multilabel)
+        names = self.metric_names()
+        monitor = self.train.monitor or self.default_monitor()
         if monitor not in names:
             raise ValueError(f"train.monitor: unknown metric '{monitor}'; allowed: {', '.join(names)}")
-        if monitor == "val/robust_acc" and not self.train.robust_val:
-            raise ValueError("train.monitor: val/robust_acc needs train.robust_val=true")
         mode = self.train.mode or ("min" if monitor.endswith("loss") else "max")
         if (self.train.monitor, self.train.mode) != (monitor, mode):
             self.train = self.train.model_copy(update={"monitor": monitor, "mode": mode})
-        if self.loss.name == "bce" and not self.data.multilabel:
-            raise ValueError("loss.name: 'bce' needs data.multilabel=true (use cross_entropy otherwise)")
-        aug = self.data.augment
-        for field in ("mixup_alpha", "cutmix_alpha"):
-            if getattr(aug, field) and (self.data.multilabel or self.loss.name == "focal"):
-                why = "data.multilabel" if self.data.multilabel else "loss.name 'focal'"
-                raise ValueError(f"data.augment.{field}: mixed (soft) targets do not work with {why}")
         return self
 
 
@@ -349,13 +312,14 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def format_errors(exc: ValidationError) -> str:
+def format_errors(exc: ValidationError, task: str | None = None) -> str:
     lines = []
     for err in exc.errors():
-        path = ".".join(str(p) for p in err["loc"])
+        loc = err["loc"][1:] if task and err["loc"][:1] == (task,) else err["loc"]  # the union's tag
+        path = ".".join(str(p) for p in loc)
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            msg = "unknown key (typo?)"
+            msg = f"unknown key for task {task} (typo?)" if task else "unknown key (typo?)"
         elif err["type"] == "missing":
             msg = "required field is missing"
         lines.append(f"{path}: {msg}" if path else msg)
@@ -365,10 +329,29 @@ def format_errors(exc: ValidationError) -> str:
 def build_config(raw: dict[str, Any], local_paths: bool = True) -> VftConfig:
     """Validate a raw config tree. `local_paths=False` leaves data and weights paths unchecked
     and as written: they name files on a cluster (`vft submit`), not on this machine."""
+    task = raw.get("task", DEFAULT_TASK)
     try:
-        return VftConfig.model_validate(raw, context={"local_paths": local_paths})
+        check_name("tasks", task, registry.list_tasks())
+    except ValueError as exc:
+        raise ConfigError(f"task: {exc}") from None
+    try:
+        return _task_configs().validate_python({**raw, "task": task}, context={"local_paths": local_paths})
     except ValidationError as exc:
-        raise ConfigError(format_errors(exc)) from None
+        raise ConfigError(format_errors(exc, task)) from None
+
+
+DEFAULT_TASK = "classification"
+
+
+@cache
+def _task_configs() -> TypeAdapter:
+    """The discriminated union of every registered task's config class, tagged by `task`."""
+    classes = tuple(registry.TASKS.get(name).config for name in registry.list_tasks())
+    return TypeAdapter(Annotated[Union[classes], Field(discriminator="task")])  # noqa: UP007
+
+
+def config_class(task: str) -> type[VftConfig]:
+    return registry.TASKS.get(task).config
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

@@ -48,10 +48,17 @@ def filter_names(names: list[str], pattern: str | None) -> list[str]:
     return [n for n in names if fnmatch.fnmatchcase(n, pattern)] if pattern else list(names)
 
 
-SCHEDULERS = Registry("scheduler", "trainer.schedules")
-LOSSES = Registry("loss", "trainer.losses")
-TASKS = Registry("task", "trainer.tasks")
-DATASET_FORMATS = Registry("dataset format", ("trainer.data", "trainer.masks", "trainer.boxes"))
+SCHEDULERS = Registry("scheduler", "trainer.components.schedules")
+LOSSES = Registry("loss", "trainer.components.losses")
+# Each task is a package under trainer/tasks/ that registers itself (and its dataset formats)
+# when imported: adding a task is its folder plus its line here.
+TASK_PACKAGES = (
+    "trainer.tasks.classification",
+    "trainer.tasks.detection",
+    "trainer.tasks.segmentation",
+)
+TASKS = Registry("task", TASK_PACKAGES)
+DATASET_FORMATS = Registry("dataset format", TASK_PACKAGES)
 
 
 def list_schedulers(pattern: str | None = None) -> list[str]:

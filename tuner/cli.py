@@ -26,7 +26,7 @@ def tune(
     again with the same name resumes the sweep."""
     from trainer.cli import fail, input_errors
     from trainer.config import load_config
-    from trainer.data import check_data
+    from trainer.tasks.base import get_task
     from tuner.report import collect, summary_table, write_outputs
     from tuner.space import load_space
     from tuner.sweep import SweepFailed, run_sweep, tune_dir_of
@@ -34,7 +34,7 @@ def tune(
     try:
         cfg = load_config(config, overrides or [], name=name)
         sweep_space = load_space(space, cfg)
-        check_data(cfg)  # fail fast, before any cluster starts, on an unusable dataset
+        get_task(cfg.task).check_data(cfg)  # fail fast, before any cluster starts, on an unusable dataset
     except input_errors() as exc:
         fail(str(exc))
     show_progress(quiet)

@@ -15,9 +15,9 @@ from pathlib import Path
 import yaml
 from rich.table import Table
 
-from trainer import checkpoint as ckpt
+from trainer.components import checkpoint as ckpt
+from trainer.components.runlog import read_metrics_csv, read_text, write_text
 from trainer.config import VftConfig, build_config, merge, to_yaml
-from trainer.runlog import read_metrics_csv, read_text, write_text
 from tuner.space import Space
 from tuner.sweep import SweepRun
 
@@ -163,7 +163,7 @@ def best_config_text(best: TrialRow, cfg: VftConfig) -> str:
 
 def copy_best_run(best: TrialRow, dest: str, metric: str) -> None:
     """The best trial's run directory without Ray's own checkpoint folders, plus its plots."""
-    from trainer.run import TrainSummary, best_row, write_plots
+    from trainer.driver import TrainSummary, best_row, write_plots
 
     with tempfile.TemporaryDirectory(prefix="vft-best-") as tmp:
         for name in ("best", "last", "config.yaml", "metrics.csv"):

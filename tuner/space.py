@@ -41,7 +41,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from trainer.config import ConfigError, VftConfig, build_config, format_errors
+from trainer.config import DEFAULT_TASK, VftConfig, build_config, config_class, format_errors
+from trainer.errors import ConfigError
 
 DISTRIBUTIONS = ("loguniform", "uniform", "quniform", "randint", "choice", "grid")
 CONTINUOUS = ("loguniform", "uniform")
@@ -231,9 +232,7 @@ def check_against_config(space: Space, cfg: VftConfig) -> Space:
     fields get integer distributions, the metric is one the task reports. Returns the space
     with metric/mode filled in and choices normalised as the config stores them (paths made
     absolute, numbers typed)."""
-    from trainer.tasks import get_task
-
-    names = get_task(cfg.task).metric_names(cfg.data.multilabel)
+    names = cfg.metric_names()
     metric = space.metric or cfg.train.monitor
     if metric not in names:
         raise ConfigError(f"metric: unknown metric '{metric}' for this task; allowed: {', '.join(names)}")
@@ -298,7 +297,7 @@ def _is_union(annotation: Any) -> bool:
 def field_type(key: str, base: dict) -> Any:
     """The annotation of the config field a dotted key names (list items by index, mapping
     entries by key); ConfigError with a suggestion when there is none."""
-    node: Any = VftConfig
+    node: Any = config_class(base.get("task", DEFAULT_TASK))
     value: Any = base
     path: list[str] = []
     for part in key.split("."):

@@ -48,10 +48,11 @@ import ray
 import yaml
 from ray.train import UserCallback
 
-from trainer import checkpoint as ckpt
-from trainer.config import ConfigError, VftConfig, build_config, merge, to_yaml
-from trainer.run import RunFailed, init_ray, make_trainer, run_dir_of, use_gpu
-from trainer.runlog import read_text, write_metrics_csv, write_text
+from trainer.components import checkpoint as ckpt
+from trainer.components.runlog import read_text, write_metrics_csv, write_text
+from trainer.config import VftConfig, build_config, merge, to_yaml
+from trainer.driver import RunFailed, init_ray, make_trainer, run_dir_of, use_gpu
+from trainer.errors import ConfigError
 from tuner.progress import TrialLog, drop_trial_tracebacks
 from tuner.space import Space, set_dotted
 from tuner.space import to_yaml as space_yaml

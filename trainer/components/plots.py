@@ -115,7 +115,7 @@ def accuracy_vs_eps(table: dict[str, dict[str, float]], path: str | Path) -> Non
     plt.close(fig)
 
 
-def _grid(panels: list[tuple[str, object]], columns: int, path: str | Path, title: str) -> None:
+def grid(panels: list[tuple[str, object]], columns: int, path: str | Path, title: str) -> None:
     """Images (uint8 (3, H, W) tensors) with captions in a grid."""
     rows = max(1, -(-len(panels) // columns))
     fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.8 * rows), squeeze=False)
@@ -130,13 +130,13 @@ def _grid(panels: list[tuple[str, object]], columns: int, path: str | Path, titl
     plt.close(fig)
 
 
-def _to_uint8(image) -> object:
+def to_uint8(image) -> object:
     import torch
 
     return (image.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
-def _upscale(image, boxes=None, masks=None, target: int = 192):
+def upscale(image, boxes=None, masks=None, target: int = 192):
     """Small images scaled up (nearest) so labels stay readable; boxes scaled with them."""
     import torch.nn.functional as F
 
@@ -147,52 +147,3 @@ def _upscale(image, boxes=None, masks=None, target: int = 192):
     if masks is not None:
         masks = F.interpolate(masks[None].float(), scale_factor=factor, mode="nearest")[0].bool()
     return image, None if boxes is None else boxes * factor, masks
-
-
-def detection_predictions(
-    images: list,
-    preds: list[dict],
-    targets: list[dict],
-    classes: list[str],
-    path: str | Path,
-    min_score: float = 0.5,
-) -> None:
-    """Validation images with truth boxes (white) and predictions at score >= `min_score`
-    (coloured, `class score`). Labels are class indices (0-based)."""
-    from torchvision.utils import draw_bounding_boxes
-
-    colours = plt.get_cmap("tab10")
-    panels = []
-    for image, pred, target in zip(images, preds, targets, strict=True):
-        keep = pred["scores"] >= min_score
-        picture, truth, _ = _upscale(_to_uint8(image), target["boxes"])
-        _, boxes, _ = _upscale(image, pred["boxes"][keep])
-        picture = draw_bounding_boxes(picture, truth, colors="white", width=1)
-        labels = [
-            f"{classes[int(k)]} {float(s):.2f}"
-            for k, s in zip(pred["labels"][keep], pred["scores"][keep], strict=True)
-        ]
-        rgb = [tuple(int(255 * c) for c in colours(int(k) % 10)[:3]) for k in pred["labels"][keep]]
-        picture = draw_bounding_boxes(picture, boxes, labels, colors=rgb, width=2)
-        panels.append((f"{int(keep.sum())} found, {len(target['boxes'])} true", picture))
-    _grid(panels, 4, path, f"predicted boxes (score >= {min_score}), truth in white")
-
-
-def segmentation_overlays(
-    images: list, preds: list, targets: list, classes: list[str], path: str | Path
-) -> None:
-    """Per validation image: the image, the truth overlay and the prediction overlay (one
-    colour per class; background class 0 and ignored pixels left clear)."""
-    import torch
-    from torchvision.utils import draw_segmentation_masks
-
-    colours = [tuple(int(255 * c) for c in plt.get_cmap("tab10")(k % 10)[:3]) for k in range(len(classes))]
-    panels = []
-    for image, pred, target in zip(images, preds, targets, strict=True):
-        picture = _to_uint8(image)
-        panels.append(("image", _upscale(picture)[0]))
-        for caption, mask in (("truth", target), ("prediction", pred)):
-            masks = torch.stack([mask == k for k in range(1, len(classes))])
-            big, _, big_masks = _upscale(picture, masks=masks)
-            panels.append((caption, draw_segmentation_masks(big, big_masks, alpha=0.5, colors=colours[1:])))
-    _grid(panels, 3, path, "segmentation: truth and prediction, " + ", ".join(classes[1:8]))

@@ -7,7 +7,7 @@ import csv
 import io
 from pathlib import Path
 
-from trainer.checkpoint import is_remote
+from trainer.components.checkpoint import is_remote
 
 FIRST_COLUMNS = ["epoch", "train/loss"]
 LAST_COLUMNS = ["lr", "time"]

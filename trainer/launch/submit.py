@@ -136,7 +136,8 @@ def render(opts: SubmitOptions, run_name: str, namespace: str) -> list[dict[str,
 
 def check_inputs(opts: SubmitOptions) -> str:
     """Fail fast (exit 2) on bad input; returns the run name."""
-    from trainer.config import ConfigError, build_config, merge, parse_overrides, read_yaml
+    from trainer.config import build_config, merge, parse_overrides, read_yaml
+    from trainer.errors import ConfigError
 
     if opts.workload not in WORKLOADS:
         raise SubmitError(f"workload '{opts.workload}': allowed: {', '.join(WORKLOADS)}")

@@ -10,12 +10,15 @@ from dataclasses import asdict, dataclass
 import torch
 from torchvision.transforms import v2 as T
 
-from trainer.boxes import BoxCollate, BoxDataset, read_detection
-from trainer.data import DataError
-from trainer.detmodels import LOSS_TERMS, create_detector, detector_family, detector_source, fixed_size
-from trainer.metrics import DetectionMetrics, detection_metric_names
-from trainer.models import BuiltModel
-from trainer.tasks import WHOLE_IMAGE_ONLY, DataSplit, Task, register_task, reject_unsupported, split_samples
+from trainer.components.models import BuiltModel
+from trainer.errors import DataError
+from trainer.tasks.base import DataSplit, Task, split_samples
+from trainer.tasks.detection.config import DetectionConfig
+from trainer.tasks.detection.data import BoxCollate, BoxDataset, read_detection
+from trainer.tasks.detection.metrics import DetectionMetrics
+from trainer.tasks.detection.model import (
+    create_detector,
+)
 
 
 class DetectionLoss:
@@ -64,61 +67,10 @@ class DetectionPreprocessing:
         }
 
 
-# the detector normalises, resizes and regularises itself
-_UNSUPPORTED = {
-    **WHOLE_IMAGE_ONLY,
-    "data.mean": lambda c: c.data.mean is not None,
-    "data.std": lambda c: c.data.std is not None,
-    "data.crop_pct": lambda c: c.data.crop_pct is not None,
-    "data.interpolation": lambda c: c.data.interpolation is not None,
-    "loss.label_smoothing": lambda c: c.loss.label_smoothing,
-    "model.aux_loss": lambda c: c.model.aux_loss,
-    "model.drop_rate": lambda c: c.model.drop_rate,
-    "model.drop_path_rate": lambda c: c.model.drop_path_rate,
-}
-
-
 class Detection(Task):
     name = "detection"
+    config = DetectionConfig
     draws_predictions = True
-
-    def metric_names(self, multilabel: bool = False) -> list[str]:
-        return detection_metric_names()
-
-    def default_monitor(self, multilabel: bool = False) -> str:
-        return "val/map"
-
-    def validate_config(self, cfg) -> None:
-        reject_unsupported(cfg, self.name, _UNSUPPORTED)
-        if cfg.data.format not in ("auto", "coco", "yolo"):
-            raise ValueError(f"data.format: task detection reads 'coco' or 'yolo', not '{cfg.data.format}'")
-        m = cfg.model
-        family = detector_family(m.name, m.source)
-        if family is None:
-            raise ValueError(
-                f"model.name: '{m.name}' is not a detection model (torchvision fasterrcnn_*, "
-                "retinanet_*, fcos_resnet50_fpn, ssdlite320_mobilenet_v3_large, ssd300_vgg16, "
-                "or <detector>_timm_<encoder>)"
-            )
-        if cfg.loss.name != "auto":
-            raise ValueError(
-                "loss.name: detectors use their own losses (leave 'auto'; weight terms with loss.weights)"
-            )
-        unknown = sorted(set(cfg.loss.weights) - set(LOSS_TERMS[family]))
-        if unknown:
-            raise ValueError(f"loss.weights: {unknown} not among {family}'s terms {list(LOSS_TERMS[family])}")
-        size = fixed_size(m.name)
-        if size and cfg.data.img_size not in (None, size):
-            raise ValueError(f"data.img_size: {m.name} resizes to {size}x{size}; leave it unset or {size}")
-        if m.trainable_backbone_layers is not None:
-            if detector_source(m.name) == "timm":
-                raise ValueError(
-                    "model.trainable_backbone_layers: torchvision detectors only (use finetune.*)"
-                )
-            if m.weights == "none" and m.backbone_weights == "none":
-                raise ValueError(
-                    "model.trainable_backbone_layers: needs model.weights or model.backbone_weights hub"
-                )
 
     # -- data
     def read_data(self, cfg) -> DataSplit:
@@ -188,7 +140,7 @@ class Detection(Task):
         return kept
 
     def rebuild_model(self, meta: dict) -> torch.nn.Module:
-        from trainer.detmodels import rebuild_detector
+        from trainer.tasks.detection.model import rebuild_detector
 
         return rebuild_detector(meta["model"]["name"], meta["num_classes"] + 1, meta["detection"]["img_size"])
 
@@ -198,7 +150,7 @@ class Detection(Task):
 
     @torch.inference_mode()
     def plot_predictions(self, model, meta: dict, dataset, path, n: int = 8) -> bool:
-        from trainer.plots import detection_predictions
+        from trainer.tasks.detection.plots import detection_predictions
 
         samples = [s for s in (dataset[i] for i in range(min(n, len(dataset)))) if s is not None]
         images = [x for x, _ in samples]
@@ -245,6 +197,3 @@ def detection_train_transform(aug) -> T.Compose:
 
 def detection_eval_transform() -> T.Compose:
     return T.Compose([T.ToImage(), T.ToDtype(torch.float32, scale=True)])
-
-
-register_task(Detection())

@@ -1,29 +1,21 @@
-"""Datasets by registered format (ImageFolder layout, CSV manifest), stratified seeded split,
-class-balanced and sharded samplers, and the loaders the training loop uses."""
+"""Classification data: ImageFolder trees and CSV manifests by registered format, a stratified
+seeded split, the decoding dataset and the collate function (with MixUp/CutMix)."""
 
 from __future__ import annotations
 
 import csv
-import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from sklearn.model_selection import train_test_split
+from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from trainer.images import BadImageError, open_image
+from trainer.components.images import DEFAULT_MAX_PIXELS, BadImageError, open_image
+from trainer.errors import DataError
 from trainer.registry import DATASET_FORMATS
-
-if TYPE_CHECKING:
-    from trainer.config import VftConfig
-
-
-class DataError(ValueError):
-    """A dataset that cannot be used; the message names the file (and line or entry)."""
 
 
 @dataclass
@@ -100,8 +92,6 @@ def read_samples(path: str | Path, fmt: str = "auto") -> Samples:
 
 def split_samples(samples: Samples, val_fraction: float, seed: int, stratify: bool = True):
     """Seeded split; stratified by class when every class has at least two samples."""
-    from sklearn.model_selection import train_test_split
-
     idx = np.arange(len(samples))
     keys = [lab[0] for lab in samples.labels]
     counts = {k: keys.count(k) for k in set(keys)}
@@ -115,35 +105,6 @@ def class_names(samples: Samples) -> list[str]:
     return sorted({label for labels in samples.labels for label in labels})
 
 
-# ----------------------------------------------------------------------------- dataset
-
-
-class JointDataset(Dataset):
-    """Images with per-image annotations (masks, boxes: `samples.images` plus the task's own
-    fields) through one joint transform, decoded on access. A bad image raises BadImageError
-    naming the file, or, with `skip_bad`, yields None (dropped and counted by the collate)."""
-
-    def __init__(self, samples, transform, max_pixels: int = 89_478_485, skip_bad: bool = False):
-        self.samples, self.transform = samples, transform
-        self.max_pixels, self.skip_bad = max_pixels, skip_bad
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int):
-        try:
-            image = open_image(self.samples.images[i], self.max_pixels)
-        except BadImageError:
-            if self.skip_bad:
-                return None
-            raise
-        return self.transform_pair(image, i)
-
-    def transform_pair(self, image, i: int):
-        """The transformed (image, annotation) of sample `i`."""
-        raise NotImplementedError
-
-
 class ImageDataset(Dataset):
     """Decodes on access. A bad image raises BadImageError naming the file, or, with
     `skip_bad`, yields None, which the collate function drops and counts."""
@@ -154,7 +115,7 @@ class ImageDataset(Dataset):
         classes: list[str],
         transform,
         multilabel: bool = False,
-        max_pixels: int = 89_478_485,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
         skip_bad: bool = False,
     ):
         index = {c: i for i, c in enumerate(classes)}
@@ -207,103 +168,23 @@ class Collate:
         return images, targets, skipped
 
 
-# ----------------------------------------------------------------------------- samplers
-
-
-class ShardSampler(Sampler[int]):
-    """Evaluation shard: rank r takes indices r, r+W, ...; no padding, so metrics count each
-    sample exactly once after the cross-worker sync."""
-
-    def __init__(self, size: int, rank: int, world: int):
-        self.indices = list(range(rank, size, world))
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-
-class BalancedSampler(Sampler[int]):
-    """Class-balanced sampling with replacement (weights 1 / class count), sharded across
-    workers: each epoch draws the same global sequence on every rank and takes its slice."""
-
-    def __init__(self, first_labels: list[int], rank: int, world: int, seed: int = 0):
-        counts = np.bincount(first_labels)
-        weights = 1.0 / counts[first_labels]
-        self.weights = torch.as_tensor(weights, dtype=torch.double)
-        self.per_rank = math.ceil(len(first_labels) / world)
-        self.rank, self.world, self.seed, self.epoch = rank, world, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[int]:
-        gen = torch.Generator().manual_seed(self.seed + self.epoch)
-        draw = torch.multinomial(self.weights, self.per_rank * self.world, replacement=True, generator=gen)
-        return iter(draw[self.rank :: self.world].tolist())
-
-    def __len__(self) -> int:
-        return self.per_rank
-
-
-def make_loader(
-    dataset: ImageDataset,
-    batch_size: int,
-    num_workers: int,
-    rank: int,
-    world: int,
-    train: bool,
-    seed: int = 0,
-    balanced: bool = False,
-    mix=None,
-    pin_memory: bool = False,
-    collate_fn=None,
-):
-    """A DataLoader over `dataset`: sharded eval, distributed (or class-balanced) training.
-    `collate_fn` is the task's; by default classification's Collate (with MixUp/CutMix `mix`)."""
-    if not train:
-        sampler = ShardSampler(len(dataset), rank, world)
-    elif balanced:
-        sampler = BalancedSampler([t[0] for t in dataset.targets], rank, world, seed)
+def read_split(
+    train: str, val: str | None, fmt: str, val_fraction: float, seed: int, multilabel: bool
+) -> tuple[Samples, Samples, list[str]]:
+    """Train and val samples and the classes; without `val`, a seeded split of `train`
+    (stratified by class unless multilabel)."""
+    train_samples = read_samples(train, fmt)
+    if val:
+        val_samples = read_samples(val, fmt)
     else:
-        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=num_workers,
-        collate_fn=collate_fn or Collate(mix if train else None),
-        pin_memory=pin_memory,
-        drop_last=train and len(dataset) >= batch_size * world,
-        persistent_workers=num_workers > 0,
-        prefetch_factor=4 if num_workers > 0 else None,
-    )
-
-
-# ----------------------------------------------------------------------------- builders (read the config)
-
-
-def build_data(cfg: VftConfig):
-    """Samples, classes and the train/val split (stratified and seeded when no val set)."""
-    d = cfg.data
-    train_samples = read_samples(d.train, d.format)
-    if d.val:
-        val_samples = read_samples(d.val, d.format)
-    else:
-        train_samples, val_samples = split_samples(
-            train_samples, d.val_fraction, d.split_seed, stratify=not d.multilabel
-        )
+        train_samples, val_samples = split_samples(train_samples, val_fraction, seed, stratify=not multilabel)
     return train_samples, val_samples, class_names(train_samples)
 
 
-def check_data(cfg: VftConfig) -> list[str]:
-    """Read the dataset as the workers will and check it can train: at least two classes, and
-    no validation label the training set lacks. Returns the classes."""
-    train_samples, val_samples, classes = build_data(cfg)
+def check_split(train: Samples, val: Samples, classes: list[str], where: str) -> None:
+    """A split that can train: at least two classes, no validation label the training set lacks."""
     if len(classes) < 2:
-        raise DataError(f"data.train: {cfg.data.train} has {len(classes)} class(es); at least 2 are needed")
-    unknown = sorted({lab for labels in val_samples.labels for lab in labels} - set(classes))
+        raise DataError(f"data.train: {where} has {len(classes)} class(es); at least 2 are needed")
+    unknown = sorted({lab for labels in val.labels for lab in labels} - set(classes))
     if unknown:
         raise DataError(f"data.val: labels not in the training set: {', '.join(unknown[:10])}")
-    return classes

@@ -14,19 +14,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from trainer.errors import BadImageError, ImageTooLargeError, UnsupportedFormatError
+
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own default bound
-
-
-class BadImageError(ValueError):
-    """An image that cannot be used; the message names the file."""
-
-
-class ImageTooLargeError(BadImageError):
-    pass
-
-
-class UnsupportedFormatError(BadImageError):
-    """A readable image in a format that is not allowed here."""
 
 
 def open_image(

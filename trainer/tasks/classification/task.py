@@ -5,40 +5,27 @@ from __future__ import annotations
 
 import torch
 
-from trainer.data import Collate, ImageDataset, build_data, check_data
-from trainer.losses import SEGMENTATION_ONLY, OutputLoss, create_loss
-from trainer.metrics import ClassificationMetrics, metric_names
-from trainer.models import BuiltModel, create_model, resolve_source
-from trainer.preprocess import batch_mix, eval_transform, train_transform
-from trainer.tasks import DETECTION_ONLY, DataSplit, Task, register_task, reject_unsupported
+from trainer.components.losses import OutputLoss, create_loss
+from trainer.components.models import BuiltModel, create_model
+from trainer.components.preprocess import batch_mix, eval_transform, train_transform
+from trainer.tasks.base import DataSplit, Task
+from trainer.tasks.classification.config import ClassificationConfig
+from trainer.tasks.classification.data import Collate, ImageDataset, check_split, read_split
+from trainer.tasks.classification.metrics import ClassificationMetrics
 
 
 class Classification(Task):
     name = "classification"
-
-    def metric_names(self, multilabel: bool = False) -> list[str]:
-        # val/robust_acc: measured by the loop when train.robust_val is on (single-label only)
-        return metric_names(multilabel) + ([] if multilabel else ["val/robust_acc"])
-
-    def default_monitor(self, multilabel: bool = False) -> str:
-        return "val/map" if multilabel else "val/top1"
-
-    def validate_config(self, cfg) -> None:
-        reject_unsupported(cfg, self.name, DETECTION_ONLY)
-        if cfg.data.format == "maskfolder":
-            raise ValueError("data.format: 'maskfolder' needs task segmentation")
-        if cfg.data.format in ("coco", "yolo"):
-            raise ValueError(f"data.format: '{cfg.data.format}' needs task detection")
-        if cfg.loss.name in SEGMENTATION_ONLY:
-            raise ValueError(f"loss.name: '{cfg.loss.name}' is a segmentation loss")
-        if resolve_source(cfg.model.name, cfg.model.source) is None:
-            raise ValueError(f"model.name: '{cfg.model.name}' is not a classification model")
+    config = ClassificationConfig
 
     def read_data(self, cfg) -> DataSplit:
-        return DataSplit(*build_data(cfg))
+        d = cfg.data
+        return DataSplit(*read_split(d.train, d.val, d.format, d.val_fraction, d.split_seed, d.multilabel))
 
     def check_data(self, cfg) -> list[str]:
-        return check_data(cfg)
+        split = self.read_data(cfg)
+        check_split(split.train, split.val, split.classes, cfg.data.train)
+        return split.classes
 
     def build_datasets(self, cfg, split: DataSplit, prep):
         d = cfg.data
@@ -69,6 +56,3 @@ class Classification(Task):
     def postprocess(self, outputs: torch.Tensor, multilabel: bool = False) -> torch.Tensor:
         """Class probabilities: softmax, or per-label sigmoid for multilabel logits."""
         return outputs.float().sigmoid() if multilabel else outputs.float().softmax(-1)
-
-
-register_task(Classification())

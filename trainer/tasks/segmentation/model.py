@@ -14,7 +14,8 @@ import torch.nn.functional as F
 import torchvision.models as tvm
 from torch import nn
 
-from trainer.models import BuiltModel, WeightsError, _torchvision_default_weights, load_weights
+from trainer.components.models import BuiltModel, _torchvision_default_weights, load_weights
+from trainer.errors import WeightsError
 
 TORCHVISION_SEGMENTERS = (
     "deeplabv3_mobilenet_v3_large",
@@ -61,7 +62,7 @@ def create_segmenter(
     else:
         built = _build_unet(name, num_classes, weights == "hub")
     if weights not in ("none", "hub"):
-        from trainer.models import read_weights
+        from trainer.components.models import read_weights
 
         load_weights(built.module, read_weights(weights, expect_model=name), built.head)
     return built

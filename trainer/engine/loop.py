@@ -19,10 +19,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from trainer import checkpoint as ckpt
-from trainer.config import VftConfig
-from trainer.data import DataError, make_loader
-from trainer.finetune import (
+from trainer.components import checkpoint as ckpt
+from trainer.components.finetune import (
     ParamLayout,
     Stage,
     apply_trainable,
@@ -31,14 +29,17 @@ from trainer.finetune import (
     param_layout,
     trainable_names,
 )
-from trainer.models import BuiltModel
-from trainer.optim import create_optimizer
-from trainer.preprocess import Preprocessing
-from trainer.progress import WorkerProgress
-from trainer.runlog import write_metrics_csv
-from trainer.schedules import ScheduleSpec, create_schedule
-from trainer.step import NonFiniteLossError, TrainStep, autocast, resolve_precision, to_device
-from trainer.tasks import DataSplit, Metrics, Task, get_task
+from trainer.components.loader import make_loader
+from trainer.components.models import BuiltModel
+from trainer.components.optim import create_optimizer
+from trainer.components.preprocess import Preprocessing
+from trainer.components.runlog import write_metrics_csv
+from trainer.components.schedules import ScheduleSpec, create_schedule
+from trainer.config import VftConfig, build_config
+from trainer.engine.progress import WorkerProgress
+from trainer.engine.step import NonFiniteLossError, TrainStep, autocast, resolve_precision, to_device
+from trainer.errors import DataError
+from trainer.tasks.base import DataSplit, Metrics, Task, get_task
 
 # ----------------------------------------------------------------------------- the job
 
@@ -297,7 +298,7 @@ def _as_float(outputs):
 def robust_accuracy(job: Job, model: nn.Module) -> float:
     """Top-1 over the validation set under a light corruption set (noise, blur, contrast, JPEG
     at severity 3), counted across workers."""
-    from trainer.robustness import ROBUST_VAL_SET, Normalizer, corrupt
+    from trainer.components.robustness import ROBUST_VAL_SET, Normalizer, corrupt
 
     norm = Normalizer(job.prep.mean, job.prep.std, job.device)
     counts = torch.zeros(2, dtype=torch.float64, device=job.device)
@@ -455,7 +456,7 @@ def save_epoch(job: Job, epoch: int, record: dict, tables: dict, is_best: bool, 
 
 def train_worker(loop_config: dict) -> None:
     """Ray Train worker function (TorchTrainer's train_loop_per_worker)."""
-    cfg = VftConfig.model_validate(loop_config["config"])
+    cfg = build_config(loop_config["config"])
     run_dir = loop_config["run_dir"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()

@@ -22,9 +22,9 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from trainer import checkpoint as ckpt
+from trainer.components import checkpoint as ckpt
+from trainer.components.runlog import read_metrics_csv, write_text
 from trainer.config import VftConfig, to_yaml
-from trainer.runlog import read_metrics_csv, write_text
 
 console = Console(stderr=True)
 
@@ -76,7 +76,7 @@ def make_trainer(cfg: VftConfig, run_dir: str, board=None, callbacks: list | Non
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from trainer.loop import train_worker
+    from trainer.engine.loop import train_worker
 
     gpu = use_gpu(cfg)
     s = cfg.scaling
@@ -103,7 +103,7 @@ def make_trainer(cfg: VftConfig, run_dir: str, board=None, callbacks: list | Non
 
 
 def train(cfg: VftConfig, address: str | None = None, quiet: bool = False) -> TrainSummary:
-    from trainer.progress import ProgressBoard
+    from trainer.engine.progress import ProgressBoard
 
     run_dir = run_dir_of(cfg)
     done = len(read_metrics_csv(ckpt.join(run_dir, "metrics.csv")))
@@ -194,7 +194,7 @@ def _epoch_line(record: dict, cfg: VftConfig) -> str:
 
 
 def write_plots(summary: TrainSummary, cfg: VftConfig) -> None:
-    from trainer import plots
+    from trainer.components import plots
 
     if not summary.history:
         return
@@ -225,8 +225,7 @@ def write_plots(summary: TrainSummary, cfg: VftConfig) -> None:
 def prediction_plot(cfg: VftConfig, best_dir: str, path: Path) -> None:
     """The best checkpoint's predictions on the first validation images (detection boxes,
     segmentation overlays), rebuilt from its meta.json like a third party would."""
-    from trainer.models import model_from_checkpoint
-    from trainer.tasks import get_task
+    from trainer.tasks.base import get_task, model_from_checkpoint
 
     task = get_task(cfg.task)
     if not task.draws_predictions:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from trainer.models import BuiltModel
+from trainer.components.models import BuiltModel
 
 
 @dataclass

@@ -7,22 +7,21 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from trainer.data import DataError
-from trainer.losses import CLASSIFICATION_ONLY, create_loss
-from trainer.masks import MaskCollate, MaskDataset, check_class_indices, read_classes, read_maskfolder
-from trainer.metrics import SegmentationMetrics, segmentation_metric_names
-from trainer.models import BuiltModel
-from trainer.preprocess import eval_transform, train_transform
-from trainer.segmodels import create_segmenter, has_aux_head, seg_logits, segmenter_source
-from trainer.tasks import (
-    DETECTION_ONLY,
-    WHOLE_IMAGE_ONLY,
-    DataSplit,
-    Task,
-    register_task,
-    reject_unsupported,
-    split_samples,
+from trainer.components.losses import create_loss
+from trainer.components.models import BuiltModel
+from trainer.components.preprocess import eval_transform, train_transform
+from trainer.errors import DataError
+from trainer.tasks.base import DataSplit, Task, split_samples
+from trainer.tasks.segmentation.config import SegmentationConfig
+from trainer.tasks.segmentation.data import (
+    MaskCollate,
+    MaskDataset,
+    check_class_indices,
+    read_classes,
+    read_maskfolder,
 )
+from trainer.tasks.segmentation.metrics import SegmentationMetrics
+from trainer.tasks.segmentation.model import create_segmenter, seg_logits
 
 AUX_WEIGHT = 0.5
 SEG_LOSSES = "cross_entropy, dice, ce_dice or bce_dice"
@@ -48,28 +47,8 @@ class SegmentationLoss:
 
 class Segmentation(Task):
     name = "segmentation"
+    config = SegmentationConfig
     draws_predictions = True
-
-    def metric_names(self, multilabel: bool = False) -> list[str]:
-        return segmentation_metric_names()
-
-    def default_monitor(self, multilabel: bool = False) -> str:
-        return "val/miou"
-
-    def validate_config(self, cfg) -> None:
-        reject_unsupported(cfg, self.name, {**WHOLE_IMAGE_ONLY, **DETECTION_ONLY})
-        if cfg.data.format not in ("auto", "maskfolder"):
-            raise ValueError(f"data.format: task segmentation reads 'maskfolder', not '{cfg.data.format}'")
-        if cfg.loss.name in CLASSIFICATION_ONLY:
-            raise ValueError(f"loss.name: '{cfg.loss.name}' is a classification loss (use {SEG_LOSSES})")
-        m = cfg.model
-        if segmenter_source(m.name, m.source) is None:
-            raise ValueError(
-                f"model.name: '{m.name}' is not a segmentation model (torchvision deeplabv3_*, fcn_*, "
-                "lraspp_mobilenet_v3_large, or unet_<timm encoder>)"
-            )
-        if m.aux_loss and not has_aux_head(m.name):
-            raise ValueError(f"model.aux_loss: '{m.name}' has no auxiliary head")
 
     # -- data
     def read_data(self, cfg) -> DataSplit:
@@ -137,7 +116,7 @@ class Segmentation(Task):
 
     @torch.inference_mode()
     def plot_predictions(self, model, meta: dict, dataset, path, n: int = 6) -> bool:
-        from trainer.plots import segmentation_overlays
+        from trainer.tasks.segmentation.plots import segmentation_overlays
 
         mean = torch.tensor(meta["preprocessing"]["mean"]).view(3, 1, 1)
         std = torch.tensor(meta["preprocessing"]["std"]).view(3, 1, 1)
@@ -158,6 +137,3 @@ class Segmentation(Task):
                 "aux_loss": cfg.model.aux_loss,
             }
         }
-
-
-register_task(Segmentation())

@@ -19,13 +19,10 @@ import torch
 import torchvision.models as tvm
 from torch import nn
 
+from trainer.errors import WeightsError
 from trainer.registry import filter_names
 
 log = logging.getLogger("vft.models")
-
-
-class WeightsError(ValueError):
-    """Weights that cannot be loaded into the model (bad file, mismatched tensors)."""
 
 
 @dataclass
@@ -243,24 +240,3 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], head: tuple[s
         log.warning("dropped head weights with other shapes (new head): %s", ", ".join(dropped))
     model.load_state_dict({k: v for k, v in state.items() if k not in dropped}, strict=False)
     return dropped
-
-
-def model_from_checkpoint(directory: str | Path) -> tuple[nn.Module, dict]:
-    """The trained model of a checkpoint folder (model.safetensors + meta.json), in eval mode,
-    rebuilt from meta.json alone: no config, no hub. Returns (model, meta)."""
-    from safetensors.torch import load_file
-
-    directory = Path(directory)
-    meta_file, weights_file = directory / "meta.json", directory / "model.safetensors"
-    for path in (meta_file, weights_file):
-        if not path.is_file():
-            raise WeightsError(f"{path}: not found (is {directory} a checkpoint folder?)")
-    from trainer.tasks import get_task
-
-    meta = json.loads(meta_file.read_text())
-    module = get_task(meta.get("task", "classification")).rebuild_model(meta)
-    try:
-        load_weights(module, load_file(str(weights_file)), head=())
-    except (WeightsError, RuntimeError, OSError) as exc:
-        raise WeightsError(f"{weights_file}: does not fit {meta['model']['name']} ({exc})") from exc
-    return module.eval(), meta

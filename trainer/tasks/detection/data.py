@@ -19,7 +19,8 @@ import torch
 from PIL import Image
 from torchvision import tv_tensors
 
-from trainer.data import DataError, JointDataset
+from trainer.components.loader import JointDataset
+from trainer.errors import DataError
 from trainer.registry import DATASET_FORMATS
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from trainer.losses import OutputLoss
-from trainer.schedules import LrSchedule
+from trainer.components.losses import OutputLoss
+from trainer.components.schedules import LrSchedule
 
 
 class NonFiniteLossError(RuntimeError):

@@ -1,0 +1,56 @@
+{{/* The run: its name, where it is stored, the model it serves, and its command's overrides. */}}
+
+{{/*
+The run's name (RUN_DIR = <run storage>/<run name>); it travels through a shell twice (the
+submitter's and the job's), so the schema limits it to [A-Za-z0-9._-].
+*/}}
+{{- define "vft.runName" -}}
+{{- default .Release.Name .Values.run.name }}
+{{- end }}
+
+{{/*
+`run.storage` as the pods see it: a path on the claim, or the object store URI.
+*/}}
+{{- define "vft.runStorage" -}}
+{{- $s := .Values.storage }}
+{{- if eq $s.type "pvc" }}
+{{- if not $s.claimName }}
+{{- fail "storage.claimName: storage.type pvc needs an existing ReadWriteMany claim" }}
+{{- end }}
+{{- printf "%s/%s" (trimSuffix "/" $s.mountPath) (trimPrefix "/" $s.runsPath) }}
+{{- else }}
+{{- $scheme := ternary "s3://" "gs://" (eq $s.type "s3") }}
+{{- if not (hasPrefix $scheme $s.uri) }}
+{{- fail (printf "storage.uri: storage.type %s needs a %s URI, got %q" $s.type $scheme $s.uri) }}
+{{- end }}
+{{- trimSuffix "/" $s.uri }}
+{{- end }}
+{{- end }}
+
+{{/*
+The run directory a RayService serves: `serve.modelUri`, else the run's own directory.
+*/}}
+{{- define "vft.modelUri" -}}
+{{- $runDir := printf "%s/%s" (include "vft.runStorage" .) (include "vft.runName" .) }}
+{{- default $runDir .Values.serve.modelUri }}
+{{- end }}
+
+{{/*
+`scaling.*` overrides that make the config agree with the worker group: one Ray Train worker
+per GPU (or per CPU pod when gpusPerPod is 0). Call with (dict "root" $ "workers" n).
+*/}}
+{{- define "vft.scalingOverrides" -}}
+{{- $gpus := int .root.Values.workers.gpusPerPod }}
+{{- if gt $gpus 0 -}}
+scaling.num_workers={{ .workers }} scaling.use_gpu=true scaling.gpus_per_worker=1
+{{- else -}}
+scaling.num_workers={{ .workers }} scaling.use_gpu=false
+{{- end }}
+{{- end }}
+
+{{/*
+`run.overrides`, each after a space.
+*/}}
+{{- define "vft.userOverrides" -}}
+{{- range .Values.run.overrides }} {{ . }}{{ end }}
+{{- end }}

@@ -1,0 +1,112 @@
+"""Task-agnostic data plumbing: the joint image+annotation dataset base, sharded and
+class-balanced samplers, and the DataLoader the training loop and evaluation use."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from trainer.components.images import DEFAULT_MAX_PIXELS, BadImageError, open_image
+
+
+class JointDataset(Dataset):
+    """Images with per-image annotations (masks, boxes: `samples.images` plus the task's own
+    fields) through one joint transform, decoded on access. A bad image raises BadImageError
+    naming the file, or, with `skip_bad`, yields None (dropped and counted by the collate)."""
+
+    def __init__(self, samples, transform, max_pixels: int = DEFAULT_MAX_PIXELS, skip_bad: bool = False):
+        self.samples, self.transform = samples, transform
+        self.max_pixels, self.skip_bad = max_pixels, skip_bad
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        try:
+            image = open_image(self.samples.images[i], self.max_pixels)
+        except BadImageError:
+            if self.skip_bad:
+                return None
+            raise
+        return self.transform_pair(image, i)
+
+    def transform_pair(self, image, i: int):
+        """The transformed (image, annotation) of sample `i`."""
+        raise NotImplementedError
+
+
+# ----------------------------------------------------------------------------- samplers
+
+
+class ShardSampler(Sampler[int]):
+    """Evaluation shard: rank r takes indices r, r+W, ...; no padding, so metrics count each
+    sample exactly once after the cross-worker sync."""
+
+    def __init__(self, size: int, rank: int, world: int):
+        self.indices = list(range(rank, size, world))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+class BalancedSampler(Sampler[int]):
+    """Class-balanced sampling with replacement (weights 1 / class count), sharded across
+    workers: each epoch draws the same global sequence on every rank and takes its slice."""
+
+    def __init__(self, first_labels: list[int], rank: int, world: int, seed: int = 0):
+        counts = np.bincount(first_labels)
+        weights = 1.0 / counts[first_labels]
+        self.weights = torch.as_tensor(weights, dtype=torch.double)
+        self.per_rank = math.ceil(len(first_labels) / world)
+        self.rank, self.world, self.seed, self.epoch = rank, world, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        gen = torch.Generator().manual_seed(self.seed + self.epoch)
+        draw = torch.multinomial(self.weights, self.per_rank * self.world, replacement=True, generator=gen)
+        return iter(draw[self.rank :: self.world].tolist())
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    num_workers: int,
+    rank: int,
+    world: int,
+    train: bool,
+    collate_fn,
+    seed: int = 0,
+    balance_labels: list[int] | None = None,
+    pin_memory: bool = False,
+):
+    """A DataLoader over `dataset` with the task's `collate_fn`: sharded evaluation; distributed
+    training, or class-balanced over `balance_labels` (one class index per sample)."""
+    if not train:
+        sampler = ShardSampler(len(dataset), rank, world)
+    elif balance_labels is not None:
+        sampler = BalancedSampler(balance_labels, rank, world, seed)
+    else:
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate_fn,
+        pin_memory=pin_memory,
+        drop_last=train and len(dataset) >= batch_size * world,
+        persistent_workers=num_workers > 0,
+        prefetch_factor=4 if num_workers > 0 else None,
+    )

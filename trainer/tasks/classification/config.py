@@ -1,0 +1,99 @@
+"""The classification config: the shared sections plus what single- and multi-label
+classification adds (ImageFolder/CSV data, MixUp/CutMix and AutoAugment, classifier losses,
+robust validation)."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Literal
+
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+
+from trainer.components.models import list_models, resolve_source
+from trainer.config import (
+    CropAugmentConfig,
+    ImageInputDataConfig,
+    LossConfig,
+    ModelConfig,
+    TrainConfig,
+    VftConfig,
+    check_name,
+)
+from trainer.tasks.classification.metrics import ROBUST_METRIC, metric_names
+
+LOSSES = ("cross_entropy", "bce", "focal")
+
+
+class ClassificationModel(ModelConfig):
+    drop_rate: float = Field(0.0, ge=0.0, lt=1.0)
+    drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, name: str, info: ValidationInfo) -> str:
+        source = info.data.get("source", "auto")
+        if resolve_source(name, source) is None:
+            where = "timm or torchvision" if source == "auto" else source
+            close = difflib.get_close_matches(name, list_models(source=source), n=5)
+            hint = f"; did you mean {', '.join(close)}?" if close else "; see `vft ls models`"
+            raise ValueError(f"unknown {where} classification model '{name}'{hint}")
+        return name
+
+
+class ClassificationAugment(CropAugmentConfig):
+    auto_augment: Literal["none", "randaugment", "trivialaugment"] = "none"
+    randaugment_ops: int = Field(2, ge=1)
+    randaugment_magnitude: int = Field(9, ge=0, le=30)
+    random_erasing: float = Field(0.0, ge=0.0, le=1.0)
+    mixup_alpha: float = Field(0.0, ge=0.0)
+    cutmix_alpha: float = Field(0.0, ge=0.0)
+
+
+class ClassificationData(ImageInputDataConfig):
+    train: str = Field(description="ImageFolder directory or CSV manifest (path,label)")
+    format: Literal["auto", "imagefolder", "csv"] = "auto"
+    augment: ClassificationAugment = ClassificationAugment()
+    balanced_sampling: bool = False
+    multilabel: bool = False
+
+
+class ClassificationLoss(LossConfig):
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    focal_gamma: float = Field(2.0, ge=0.0)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        return check_name("losses", value, ["auto", *LOSSES])
+
+
+class ClassificationTrain(TrainConfig):
+    robust_val: bool = Field(False, description=f"also validate under light corruptions: {ROBUST_METRIC}")
+
+
+class ClassificationConfig(VftConfig):
+    task: Literal["classification"] = "classification"
+    model: ClassificationModel = ClassificationModel()
+    data: ClassificationData
+    loss: ClassificationLoss = ClassificationLoss()
+    train: ClassificationTrain = ClassificationTrain()
+
+    def metric_names(self) -> list[str]:
+        # val/robust_acc: measured when train.robust_val is on (single-label only)
+        return metric_names(self.data.multilabel) + ([] if self.data.multilabel else [ROBUST_METRIC])
+
+    def default_monitor(self) -> str:
+        return "val/map" if self.data.multilabel else "val/top1"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ClassificationConfig:
+        if self.train.monitor == ROBUST_METRIC and not self.train.robust_val:
+            raise ValueError(f"train.monitor: {ROBUST_METRIC} needs train.robust_val=true")
+        if self.loss.name == "bce" and not self.data.multilabel:
+            raise ValueError("loss.name: 'bce' needs data.multilabel=true (use cross_entropy otherwise)")
+        aug = self.data.augment
+        for field in ("mixup_alpha", "cutmix_alpha"):
+            if getattr(aug, field) and (self.data.multilabel or self.loss.name == "focal"):
+                why = "data.multilabel" if self.data.multilabel else "loss.name 'focal'"
+                raise ValueError(f"data.augment.{field}: mixed (soft) targets do not work with {why}")
+        return self
