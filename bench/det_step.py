@@ -27,8 +27,9 @@ from train_step import time_steps  # noqa: E402
 
 from trainer.components.finetune import param_groups, param_layout  # noqa: E402
 from trainer.components.optim import create_optimizer  # noqa: E402
+from trainer.components.precision import autocast  # noqa: E402
 from trainer.components.schedules import ScheduleSpec, create_schedule  # noqa: E402
-from trainer.engine.step import TrainStep, autocast  # noqa: E402
+from trainer.engine.step import TrainStep  # noqa: E402
 from trainer.tasks.detection.model import create_detector  # noqa: E402
 from trainer.tasks.detection.task import DetectionLoss  # noqa: E402
 

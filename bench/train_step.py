@@ -27,8 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from trainer.components.finetune import param_groups, param_layout  # noqa: E402
 from trainer.components.models import create_model  # noqa: E402
 from trainer.components.optim import create_optimizer  # noqa: E402
+from trainer.components.precision import autocast  # noqa: E402
 from trainer.components.schedules import ScheduleSpec, create_schedule  # noqa: E402
-from trainer.engine.step import TrainStep, autocast  # noqa: E402
+from trainer.engine.step import TrainStep  # noqa: E402
 
 LR, WD = 1e-3, 0.05
 

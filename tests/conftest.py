@@ -84,7 +84,7 @@ def _vft(*args):
 @pytest.fixture(scope="session")
 def seg_run(ray_cluster, tmp_path_factory) -> Path:
     """configs/shapes_segmentation.yaml trained once on generated shapes (2 DDP workers)."""
-    from trainer.components.synthetic import shapes_segmentation
+    from trainer.tasks.segmentation.shapes import shapes_segmentation
 
     data = tmp_path_factory.mktemp("shapes_seg")
     shapes_segmentation(data, n_train=400, n_val=80, size=64, seed=1)

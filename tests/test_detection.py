@@ -17,11 +17,11 @@ from typer.testing import CliRunner
 from trainer.cli import app
 from trainer.components.finetune import apply_trainable, param_layout, trainable_names
 from trainer.components.runlog import read_metrics_csv
-from trainer.components.synthetic import shapes_detection
 from trainer.config import AugmentConfig
 from trainer.tasks.detection.data import BoxDataset, read_coco, read_detection, read_yolo
 from trainer.tasks.detection.metrics import DetectionMetrics, match_boxes
 from trainer.tasks.detection.model import LOSS_TERMS, create_detector
+from trainer.tasks.detection.shapes import shapes_detection
 from trainer.tasks.detection.task import detection_eval_transform, detection_train_transform
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,9 +17,9 @@ from typer.testing import CliRunner
 from trainer.cli import app
 from trainer.components.preprocess import Preprocessing, eval_transform, train_transform
 from trainer.components.runlog import read_metrics_csv
-from trainer.components.synthetic import shapes_segmentation
 from trainer.config import AugmentConfig
 from trainer.tasks.segmentation.metrics import SegmentationMetrics
+from trainer.tasks.segmentation.shapes import shapes_segmentation
 
 ROOT = Path(__file__).resolve().parents[1]
 MIOU_THRESHOLD = 0.30  # chance (all background) is about 0.8 / 6 classes = 0.13; runs reach ~0.41

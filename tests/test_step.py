@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+from trainer.components.precision import resolve_precision
 from trainer.components.schedules import ScheduleSpec, create_schedule
-from trainer.engine.step import TrainStep, resolve_precision
+from trainer.engine.step import TrainStep
 
 
 def tiny_step(**kwargs) -> TrainStep:

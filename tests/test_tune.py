@@ -385,8 +385,8 @@ def test_resume_keeps_the_configured_learning_rate():
 def test_detection_space_fits_the_detection_config(tmp_path):
     """Sweeps cover every task: the shipped detection space (loss-term weights included) is
     checked against the detection config, and a sampled point builds a valid trial config."""
-    from trainer.components.synthetic import shapes_detection
     from trainer.config import load_config
+    from trainer.tasks.detection.shapes import shapes_detection
     from tuner.space import load_space
     from tuner.sweep import TrialPlan, trial_config
 
@@ -405,7 +405,7 @@ def test_detection_space_fits_the_detection_config(tmp_path):
 
 def test_a_detection_sweep_runs_and_picks_its_best_by_map50(ray_cluster, tmp_path):
     """Two real detection trials (loss-term weight and lr sampled) on generated shapes."""
-    from trainer.components.synthetic import shapes_detection
+    from trainer.tasks.detection.shapes import shapes_detection
 
     shapes_detection(tmp_path / "data", n_train=48, n_val=16, size=48, seed=2)
     params = {"optim.lr": {"loguniform": [1e-3, 5e-3]}, "loss.weights.classification": {"uniform": [0.5, 2]}}

@@ -8,12 +8,23 @@ from __future__ import annotations
 import logging
 import traceback
 from enum import Enum
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from trainer import registry
+from trainer.components.synthetic import digits, shifted_domain
+from trainer.config import load_config, to_yaml
+from trainer.driver import RunFailed, run_dir_of, summary_table
+from trainer.driver import train as run_training
+from trainer.errors import VftError
+from trainer.launch.submit import SubmitOptions
+from trainer.launch.submit import submit as run_submit
+from trainer.tasks.base import get_task
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Fine-tune, sweep, export and serve vision models."
@@ -24,10 +35,7 @@ out = Console()
 err = Console(stderr=True)
 
 
-class Task(str, Enum):
-    classification = "classification"
-    detection = "detection"
-    segmentation = "segmentation"
+Task = Enum("Task", {name: name for name in registry.list_tasks()}, type=str)  # registered tasks
 
 
 class Listing(str, Enum):
@@ -43,20 +51,12 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def input_errors() -> tuple[type[Exception], ...]:
-    from trainer.errors import BadImageError, ConfigError, DataError, WeightsError
-
-    return ConfigError, DataError, BadImageError, WeightsError
-
-
 @data_app.command("digits")
 def data_digits(
     out_dir: Annotated[Path, typer.Option("--out", help="output folder")],
     size: Annotated[int, typer.Option(help="image side in pixels")] = 32,
 ) -> None:
     """scikit-learn's real handwritten digits, in the ImageFolder layout (train/ and val/)."""
-    from trainer.components.synthetic import digits
-
     counts = digits(out_dir, size=size)
     out.print(f"wrote {counts['train']} train and {counts['val']} val digits to {out_dir}")
 
@@ -70,15 +70,10 @@ def data_shapes(
     size: Annotated[int, typer.Option(min=16)] = 64,
     seed: int = 0,
 ) -> None:
-    """Generated shapes on textured backgrounds: ImageFolder (classification), COCO instances
-    JSON + images/ (detection) or mask folders (segmentation: images/, masks/ of class
-    indices, classes.txt)."""
-    from trainer.components import synthetic as g
-
-    generate = {"classification": g.shapes_classification, "detection": g.shapes_detection}.get(
-        task.value, g.shapes_segmentation
-    )
-    counts = generate(out_dir, n_train, n_val, size, seed)
+    """Generated shapes on textured backgrounds in the task's dataset layout: ImageFolder
+    (classification), COCO instances JSON + images/ (detection) or mask folders (segmentation:
+    images/, masks/ of class indices, classes.txt)."""
+    counts = get_task(task.value).write_example_data(out_dir, n_train, n_val, size, seed)
     out.print(f"wrote {counts['train']} train and {counts['val']} val images ({task.value}) to {out_dir}")
 
 
@@ -89,8 +84,6 @@ def data_shift(
     seed: int = 0,
 ) -> None:
     """Another domain of the same classes: images recoloured over textured backgrounds (`vft eval`)."""
-    from trainer.components.synthetic import shifted_domain
-
     if not src.is_dir():
         fail(f"--src: {src} is not a folder")
     out.print(f"wrote {shifted_domain(src, out_dir, seed)} shifted images to {out_dir}")
@@ -101,12 +94,10 @@ def validate(
     config: Path, overrides: Annotated[list[str] | None, typer.Argument(help="dotted.key=value")] = None
 ) -> None:
     """Print the resolved config, or the errors (exit code 2)."""
-    from trainer.config import load_config, to_yaml
-
     try:
         cfg = load_config(config, overrides or [])
-    except input_errors() as exc:
-        fail(str(exc))
+    except VftError as exc:
+        fail(str(exc), exc.exit_code)
     out.print(to_yaml(cfg), highlight=False, end="")
 
 
@@ -114,17 +105,12 @@ def validate(
 def list_components(what: Listing, pattern: Annotated[str | None, typer.Argument()] = None) -> None:
     """List registered names: models (timm and torchvision, per task), optimizers, schedulers, losses,
     tasks."""
-    from trainer import registry
-
     if what == Listing.models:
-        from trainer.components.models import list_models, model_sources
-        from trainer.tasks.detection.model import detector_source, list_detectors
-        from trainer.tasks.segmentation.model import list_segmenters, segmenter_source
-
-        rows = [(n, "classification", ", ".join(model_sources(n))) for n in list_models(pattern)]
-        rows += [(n, "segmentation", segmenter_source(n) or "timm") for n in list_segmenters()]
-        rows += [(n, "detection", detector_source(n)) for n in list_detectors()]
-        rows = [r for r in rows if r[1] == "classification" or registry.filter_names([r[0]], pattern)]
+        rows = [
+            (name, task, source)
+            for task in registry.list_tasks()
+            for name, source in get_task(task).model_names(pattern)
+        ]
         table = Table("model", "task", "source")
         for row in rows:
             table.add_row(*row)
@@ -145,23 +131,18 @@ def train(
     quiet: Annotated[bool, typer.Option(help="no live progress")] = False,
 ) -> None:
     """Fine-tune on a Ray cluster; resumes RUN_DIR if it holds a checkpoint."""
-    from trainer.config import load_config
-    from trainer.driver import RunFailed, run_dir_of, summary_table
-    from trainer.driver import train as run_training
-    from trainer.tasks.base import get_task
-
     try:
         cfg = load_config(config, overrides or [], name=name)
         get_task(cfg.task).check_data(cfg)  # fail fast, before any cluster starts, on an unusable dataset
-    except input_errors() as exc:
-        fail(str(exc))
+    except VftError as exc:
+        fail(str(exc), exc.exit_code)
     logging.basicConfig(level=logging.WARNING)
     err.print(f"run dir: {run_dir_of(cfg)}")
     try:
         summary = run_training(cfg, address=address, quiet=quiet)
     except RunFailed as exc:
-        if isinstance(exc.worker_error, input_errors()):
-            fail(str(exc.worker_error), 2)
+        if isinstance(exc.worker_error, VftError):  # bad input found by a worker: its own exit code
+            fail(str(exc.worker_error), exc.worker_error.exit_code)
         trace = "".join(traceback.format_exception(exc.worker_error)).rstrip()
         err.print(trace, highlight=False, markup=False)
         fail(f"training failed: {exc}", 1)
@@ -200,9 +181,6 @@ def submit(
     chart: Annotated[Path | None, typer.Option(help="the Helm chart (default: charts/vft)")] = None,
 ) -> None:
     """Run train, tune or serve on Kubernetes (KubeRay) or a Ray cluster, from the Helm chart."""
-    from trainer.launch.submit import SubmitError, SubmitOptions
-    from trainer.launch.submit import submit as run_submit
-
     options = SubmitOptions(
         workload=workload.value, config=config, overrides=overrides or [], to=to.value, address=address,
         namespace=namespace, name=name, space=space, values=values or [], set_values=set_values or [],
@@ -211,16 +189,14 @@ def submit(
     )  # fmt: skip
     try:
         code = run_submit(options)
-    except SubmitError as exc:
-        fail(str(exc))
+    except VftError as exc:
+        fail(str(exc), exc.exit_code)
     raise typer.Exit(code)
 
 
 def add_plugin_commands() -> None:
     """Subcommands from the `vft.commands` entry points (tuner, serving): `trainer` depends on
     neither package, they plug in."""
-    from importlib.metadata import entry_points
-
     for ep in sorted(entry_points(group="vft.commands"), key=lambda ep: ep.name):
         app.command(ep.name)(ep.load())
 

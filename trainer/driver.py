@@ -22,6 +22,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from trainer import errors
 from trainer.components import checkpoint as ckpt
 from trainer.components.runlog import read_metrics_csv, write_text
 from trainer.config import VftConfig, to_yaml
@@ -29,8 +30,9 @@ from trainer.config import VftConfig, to_yaml
 console = Console(stderr=True)
 
 
-class RunFailed(RuntimeError):
-    """Training failed on the cluster; `worker_error` is the first worker's own exception."""
+class RunFailed(errors.RunFailed):
+    """Training failed on the cluster (exit code 1); `worker_error` is the first worker's own
+    exception."""
 
     def __init__(self, error: BaseException):
         failures = getattr(error, "worker_failures", None) or {}

@@ -1,8 +1,6 @@
-"""Dataset generators: scikit-learn's real handwritten digits, and generated shapes on
-textured backgrounds. Classification writes the ImageFolder layout (OUT/train/<class>/*.png,
-OUT/val/...); segmentation the mask-folder layout (OUT/train/images, OUT/train/masks,
-OUT/train/classes.txt, OUT/val/...); detection COCO instances files (OUT/train/annotations.json
-+ OUT/train/images/, OUT/val/...)."""
+"""Example data: scikit-learn's real handwritten digits, shapes on textured backgrounds in the
+ImageFolder layout (OUT/train/<class>/*.png, OUT/val/...), a shifted domain for `vft eval`, and
+the drawing helpers each task's scene generator (`trainer/tasks/<task>/shapes.py`) uses."""
 
 from __future__ import annotations
 
@@ -40,7 +38,7 @@ def digits(out: str | Path, size: int = 32, val_fraction: float = 0.2, seed: int
     return {"train": len(train_idx), "val": len(val_idx)}
 
 
-def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
+def texture(rng: np.random.Generator, size: int) -> np.ndarray:
     """Noise, gradient or stripes, in random colours: the background the model must ignore."""
     kind = rng.integers(3)
     yy, xx = np.mgrid[0:size, 0:size] / size
@@ -86,7 +84,7 @@ def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[t
 
 
 def shape_image(rng: np.random.Generator, label: str, size: int) -> Image.Image:
-    background = _texture(rng, size)
+    background = texture(rng, size)
     img = Image.fromarray(background)
     draw = ImageDraw.Draw(img)
     r = rng.uniform(0.22, 0.38) * size
@@ -106,123 +104,11 @@ def shape_image(rng: np.random.Generator, label: str, size: int) -> Image.Image:
     return img
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, label: str, cx, cy, r, angle, fill, outline, width: int) -> None:
+def draw_shape(draw: ImageDraw.ImageDraw, label: str, cx, cy, r, angle, fill, outline, width: int) -> None:
     if label == "circle":
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill, outline=outline, width=width)
     else:
         draw.polygon(_polygon(label, cx, cy, r, angle), fill=fill, outline=outline, width=width)
-
-
-def segmentation_scene(rng: np.random.Generator, size: int, classes: tuple[str, ...] = SHAPES):
-    """A textured background with one to three shapes (later ones on top) and its mask: 0 is
-    background, shape kind k is class k + 1. Returns (RGB image, L-mode mask)."""
-    background = _texture(rng, size)
-    img = Image.fromarray(background)
-    mask = Image.new("L", (size, size), 0)
-    draw, draw_mask = ImageDraw.Draw(img), ImageDraw.Draw(mask)
-    contrast = 255 - background.reshape(-1, 3).mean(axis=0)
-    width = max(1, size // 32)
-    for _ in range(rng.integers(1, 4)):
-        k = int(rng.integers(len(classes)))
-        r = rng.uniform(0.15, 0.3) * size
-        cx, cy = rng.uniform(r, size - r, 2)
-        angle = rng.uniform(0, 2 * math.pi)
-        color = tuple(int(v) for v in np.clip(contrast + rng.uniform(-40, 40, 3), 0, 255))
-        outline = tuple(255 - v for v in color)
-        _draw_shape(draw, classes[k], cx, cy, r, angle, color, outline, width)
-        _draw_shape(draw_mask, classes[k], cx, cy, r, angle, k + 1, k + 1, width)
-    return img, mask
-
-
-def shapes_segmentation(
-    out: str | Path,
-    n_train: int = 400,
-    n_val: int = 100,
-    size: int = 64,
-    seed: int = 0,
-    classes: tuple[str, ...] = SHAPES,
-) -> dict[str, int]:
-    out = Path(out)
-    rng = np.random.default_rng(seed)
-    for split, count in (("train", n_train), ("val", n_val)):
-        for folder in ("images", "masks"):
-            (out / split / folder).mkdir(parents=True, exist_ok=True)
-        (out / split / "classes.txt").write_text("\n".join(("background", *classes)) + "\n")
-        for i in range(count):
-            img, mask = segmentation_scene(rng, size, classes)
-            img.save(out / split / "images" / f"{i:05d}.png")
-            mask.save(out / split / "masks" / f"{i:05d}.png")
-    return {"train": n_train, "val": n_val}
-
-
-def detection_scene(
-    rng: np.random.Generator, size: int, classes: tuple[str, ...] = SHAPES, max_objects: int = 3
-):
-    """A textured background with one to `max_objects` shapes that do not overlap, and their
-    tight boxes. Returns (RGB image, [(class index, [x1, y1, x2, y2])...])."""
-    background = _texture(rng, size)
-    img = Image.fromarray(background)
-    draw = ImageDraw.Draw(img)
-    contrast = 255 - background.reshape(-1, 3).mean(axis=0)
-    width = max(1, size // 32)
-    objects: list[tuple[int, list[float]]] = []
-    placed: list[tuple[float, float, float]] = []
-    for _ in range(int(rng.integers(1, max_objects + 1))):
-        for _attempt in range(20):
-            r = rng.uniform(0.1, 0.22) * size
-            cx, cy = rng.uniform(r + 1, size - r - 1, 2)
-            if all(math.hypot(cx - x, cy - y) > r + q + 2 for x, y, q in placed):
-                break
-        else:
-            continue
-        placed.append((cx, cy, r))
-        k = int(rng.integers(len(classes)))
-        angle = rng.uniform(0, 2 * math.pi)
-        color = tuple(int(v) for v in np.clip(contrast + rng.uniform(-40, 40, 3), 0, 255))
-        _draw_shape(draw, classes[k], cx, cy, r, angle, color, tuple(255 - v for v in color), width)
-        alone = Image.new("L", (size, size), 0)
-        _draw_shape(ImageDraw.Draw(alone), classes[k], cx, cy, r, angle, 1, 1, width)
-        x1, y1, x2, y2 = alone.getbbox()
-        objects.append((k, [float(x1), float(y1), float(x2), float(y2)]))
-    return img, objects
-
-
-def shapes_detection(
-    out: str | Path,
-    n_train: int = 400,
-    n_val: int = 100,
-    size: int = 64,
-    seed: int = 0,
-    classes: tuple[str, ...] = SHAPES,
-) -> dict[str, int]:
-    """COCO instances files: category ids start at 1, bbox is [x, y, width, height]."""
-    import json
-
-    out = Path(out)
-    rng = np.random.default_rng(seed)
-    categories = [{"id": k + 1, "name": name} for k, name in enumerate(classes)]
-    for split, count in (("train", n_train), ("val", n_val)):
-        (out / split / "images").mkdir(parents=True, exist_ok=True)
-        images, annotations = [], []
-        for i in range(count):
-            img, objects = detection_scene(rng, size, classes)
-            name = f"{i:05d}.png"
-            img.save(out / split / "images" / name)
-            images.append({"id": i + 1, "file_name": name, "width": size, "height": size})
-            for k, (x1, y1, x2, y2) in objects:
-                annotations.append(
-                    {
-                        "id": len(annotations) + 1,
-                        "image_id": i + 1,
-                        "category_id": k + 1,
-                        "bbox": [x1, y1, x2 - x1, y2 - y1],
-                        "area": (x2 - x1) * (y2 - y1),
-                        "iscrowd": 0,
-                    }
-                )
-        doc = {"images": images, "annotations": annotations, "categories": categories}
-        (out / split / "annotations.json").write_text(json.dumps(doc))
-    return {"train": n_train, "val": n_val}
 
 
 def shapes_classification(
@@ -252,7 +138,7 @@ def shifted_domain(src: str | Path, out: str | Path, seed: int = 0) -> int:
     for path in sorted(src.rglob("*.png")):
         gray = np.asarray(Image.open(path).convert("L"), np.float32)[..., None] / 255
         side = max(gray.shape[:2])
-        background = _texture(rng, side)[: gray.shape[0], : gray.shape[1]] / 255 * 0.6
+        background = texture(rng, side)[: gray.shape[0], : gray.shape[1]] / 255 * 0.6
         colour = rng.uniform(0.6, 1.0, 3)
         pixels = background * (1 - gray) + colour * gray
         dest = out / path.relative_to(src)

@@ -1,14 +1,15 @@
-"""The task interface and tasks by registered name.
+"""The task protocol and tasks by registered name.
 
-A task (classification, detection, segmentation) owns everything that depends on what
-the labels describe: config checks, reading the dataset, the model, preprocessing and joint
-image+target transforms, collation, the loss, metrics, postprocessing and the fields it adds to
-meta.json. The training loop (`trainer.loop`, `trainer.step`) only calls this interface.
+A task (`trainer/tasks/<task>/`) owns everything that depends on what the labels describe: its
+config section, reading the dataset, the model, preprocessing and joint image+target transforms,
+collation, the loss, metrics, postprocessing, the fields it adds to meta.json, and what export,
+serving and eval need. The engine (`trainer.engine`) and `serving` only call this interface.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -58,9 +59,23 @@ class TaskLoss(Protocol):
     def on_outputs(self, outputs: Any, targets: Any) -> torch.Tensor | None: ...
 
 
+@dataclass
+class EvalContext:
+    """What a task's own validation metrics need from the loop: where and how the model runs,
+    the preprocessing (to undo normalisation), and a sum over all workers."""
+
+    device: torch.device
+    precision: str
+    memory_format: torch.memory_format
+    prep: Preprocessing
+    all_sum: Callable[[list[float]], list[float]]
+
+
 class Task:
-    """The interface each task implements. Only the `build_*`/`read_*`/`check_*`/
-    `validate_config` methods read the config tree."""
+    """The interface each task implements, with the same signatures for every task. Only the
+    `build_*`, `read_data`, `check_data`, `collate`, `balance_labels`, `meta_fields` and
+    `extra_val_metrics` methods read the config tree; everything after training works from a
+    checkpoint's meta.json."""
 
     name: str = ""
     config: type[VftConfig]  # the task's config class (`trainer/tasks/<task>/config.py`)
@@ -80,12 +95,24 @@ class Task:
         """Train and val datasets with the train/eval transforms applied."""
         raise NotImplementedError
 
-    def collate(self, cfg: VftConfig, num_classes: int, train: bool):
+    def collate(self, cfg: VftConfig, num_classes: int, train: bool) -> Callable:
         """A collate function returning (images, targets, skipped_count)."""
+        raise NotImplementedError
+
+    def balance_labels(self, cfg: VftConfig, train: Dataset) -> list[int] | None:
+        """One class index per training sample for class-balanced sampling, or None."""
+        return None
+
+    def write_example_data(self, out: Path, n_train: int, n_val: int, size: int, seed: int) -> dict[str, int]:
+        """Generated shapes in this task's dataset layout (`vft data shapes`); image counts."""
         raise NotImplementedError
 
     # -- model
     def build_model(self, cfg: VftConfig, num_classes: int) -> BuiltModel:
+        raise NotImplementedError
+
+    def model_names(self, pattern: str | None = None) -> list[tuple[str, str]]:
+        """(model name, source library) for `vft ls models`, filtered by a glob pattern."""
         raise NotImplementedError
 
     def build_preprocessing(self, cfg: VftConfig, built: BuiltModel) -> Preprocessing:
@@ -97,35 +124,49 @@ class Task:
     def build_loss(self, cfg: VftConfig) -> TaskLoss:
         raise NotImplementedError
 
-    def create_metrics(
-        self, num_classes: int, multilabel: bool = False, device: torch.device | str = "cpu"
-    ) -> Metrics:
+    def create_metrics(self, meta: dict, device: torch.device | str = "cpu") -> Metrics:
+        """The task's metrics for a model described by `meta` (a checkpoint's meta.json, or
+        `training_meta` during training): one definition for training, export and eval."""
         raise NotImplementedError
 
-    def build_metrics(self, cfg: VftConfig, num_classes: int, device: torch.device | str = "cpu") -> Metrics:
-        return self.create_metrics(num_classes, cfg.data.multilabel, device)
+    def training_meta(self, cfg: VftConfig, classes: list[str]) -> dict:
+        """The meta.json fields known before training: task, classes and the task's own."""
+        fields = self.meta_fields(cfg)
+        return {
+            "task": self.name,
+            "classes": classes,
+            "num_classes": len(classes),
+            "multilabel": fields.pop("multilabel", False),
+            **fields,
+        }
+
+    def meta_fields(self, cfg: VftConfig) -> dict:
+        """Task-specific fields added to meta.json (`model`: extra fields of its model section)."""
+        return {}
 
     # -- evaluation and outputs
-    def eval_outputs(self, model: torch.nn.Module, images: Any) -> Any:
+    def eval_outputs(self, model: nn.Module, images: Any) -> Any:
         """The model's evaluation outputs, in the form metrics and `on_outputs` take."""
         return model(images)
 
-    def postprocess(self, outputs: Any) -> Any:
-        """Outputs to predictions (probabilities, masks, boxes)."""
-        raise NotImplementedError
-
-    def meta_fields(self, cfg: VftConfig) -> dict:
-        """Task-specific fields added to meta.json."""
+    def extra_val_metrics(
+        self, cfg: VftConfig, model: nn.Module, loader, ctx: EvalContext
+    ) -> dict[str, float]:
+        """Validation metrics the task measures itself, beyond `create_metrics` (all workers)."""
         return {}
 
-    def rebuild_model(self, meta: dict) -> torch.nn.Module:
+    def postprocess(self, outputs: Any, meta: dict) -> Any:
+        """Evaluation outputs to predictions (probabilities, per-image boxes, class masks)."""
+        raise NotImplementedError
+
+    def rebuild_model(self, meta: dict) -> nn.Module:
         """The architecture of a saved checkpoint from its meta.json alone (no weights loaded)."""
         raise NotImplementedError
 
     def preprocessing_from_meta(self, meta: dict):
         return Preprocessing.from_meta(meta["preprocessing"])
 
-    def plot_predictions(self, model: torch.nn.Module, meta: dict, dataset: Dataset, path) -> bool:
+    def plot_predictions(self, model: nn.Module, meta: dict, dataset: Dataset, path: Path) -> bool:
         """Draw the model's predictions on the first validation samples to `path` (PNG);
         False when the task has no such plot."""
         return False

@@ -6,12 +6,14 @@ from __future__ import annotations
 import torch
 
 from trainer.components.losses import OutputLoss, create_loss
-from trainer.components.models import BuiltModel, create_model
+from trainer.components.models import BuiltModel, create_model, list_models, model_sources
 from trainer.components.preprocess import batch_mix, eval_transform, train_transform
-from trainer.tasks.base import DataSplit, Task
+from trainer.components.synthetic import shapes_classification
+from trainer.tasks.base import DataSplit, EvalContext, Task
 from trainer.tasks.classification.config import ClassificationConfig
 from trainer.tasks.classification.data import Collate, ImageDataset, check_split, read_split
-from trainer.tasks.classification.metrics import ClassificationMetrics
+from trainer.tasks.classification.metrics import ROBUST_METRIC, ClassificationMetrics
+from trainer.tasks.classification.robust import robust_accuracy
 
 
 class Classification(Task):
@@ -42,17 +44,36 @@ class Classification(Task):
         m = cfg.model
         return create_model(m.name, num_classes, m.source, m.weights, m.drop_rate, m.drop_path_rate)
 
+    def model_names(self, pattern: str | None = None) -> list[tuple[str, str]]:
+        return [(name, ", ".join(model_sources(name))) for name in list_models(pattern)]
+
     def build_loss(self, cfg) -> OutputLoss:
         loss = cfg.loss
         return OutputLoss(create_loss(loss.name, cfg.data.multilabel, loss.label_smoothing, loss.focal_gamma))
 
-    def create_metrics(self, num_classes: int, multilabel: bool = False, device="cpu"):
-        return ClassificationMetrics(num_classes, multilabel, device)
+    def balance_labels(self, cfg, train: ImageDataset) -> list[int] | None:
+        return [t[0] for t in train.targets] if cfg.data.balanced_sampling else None
+
+    def write_example_data(self, out, n_train: int, n_val: int, size: int, seed: int) -> dict[str, int]:
+        return shapes_classification(out, n_train, n_val, size, seed)
+
+    def create_metrics(self, meta: dict, device="cpu") -> ClassificationMetrics:
+        return ClassificationMetrics(meta["num_classes"], meta["multilabel"], device)
+
+    def meta_fields(self, cfg) -> dict:
+        m = cfg.model
+        return {
+            "multilabel": cfg.data.multilabel,
+            "model": {"drop_rate": m.drop_rate, "drop_path_rate": m.drop_path_rate},
+        }
+
+    def extra_val_metrics(self, cfg, model, loader, ctx: EvalContext) -> dict[str, float]:
+        return {ROBUST_METRIC: robust_accuracy(model, loader, ctx)} if cfg.train.robust_val else {}
 
     def rebuild_model(self, meta: dict) -> torch.nn.Module:
         m = meta["model"]
         return create_model(m["name"], meta["num_classes"], m["source"], "none").module
 
-    def postprocess(self, outputs: torch.Tensor, multilabel: bool = False) -> torch.Tensor:
+    def postprocess(self, outputs: torch.Tensor, meta: dict) -> torch.Tensor:
         """Class probabilities: softmax, or per-label sigmoid for multilabel logits."""
-        return outputs.float().sigmoid() if multilabel else outputs.float().softmax(-1)
+        return outputs.float().sigmoid() if meta["multilabel"] else outputs.float().softmax(-1)

@@ -12,13 +12,14 @@ from torchvision.transforms import v2 as T
 
 from trainer.components.models import BuiltModel
 from trainer.errors import DataError
+from trainer.registry import filter_names
 from trainer.tasks.base import DataSplit, Task, split_samples
 from trainer.tasks.detection.config import DetectionConfig
 from trainer.tasks.detection.data import BoxCollate, BoxDataset, read_detection
 from trainer.tasks.detection.metrics import DetectionMetrics
-from trainer.tasks.detection.model import (
-    create_detector,
-)
+from trainer.tasks.detection.model import create_detector, detector_source, list_detectors, rebuild_detector
+from trainer.tasks.detection.plots import detection_predictions
+from trainer.tasks.detection.shapes import shapes_detection
 
 
 class DetectionLoss:
@@ -113,35 +114,26 @@ class Detection(Task):
             cfg.data.img_size,
         )
 
+    def model_names(self, pattern: str | None = None) -> list[tuple[str, str]]:
+        return [(name, detector_source(name)) for name in filter_names(list_detectors(), pattern)]
+
     def build_preprocessing(self, cfg, built: BuiltModel) -> DetectionPreprocessing:
         return self.preprocessing_from_meta({"preprocessing": built.data_defaults})
 
     def build_loss(self, cfg) -> DetectionLoss:
         return DetectionLoss(dict(cfg.loss.weights))
 
-    def create_metrics(self, num_classes: int, multilabel: bool = False, device="cpu") -> DetectionMetrics:
-        return DetectionMetrics(num_classes, device)
+    def write_example_data(self, out, n_train: int, n_val: int, size: int, seed: int) -> dict[str, int]:
+        return shapes_detection(out, n_train, n_val, size, seed)
 
-    def build_metrics(self, cfg, num_classes: int, device="cpu") -> DetectionMetrics:
-        return DetectionMetrics(num_classes, device)
+    def create_metrics(self, meta: dict, device="cpu") -> DetectionMetrics:
+        return DetectionMetrics(meta["num_classes"], device)
 
-    def postprocess(self, outputs: list[dict], score_threshold: float = 0.0) -> list[dict]:
+    def postprocess(self, outputs: list[dict], meta: dict) -> list[dict]:
         """Per image: boxes (x1, y1, x2, y2 in input pixels), class indices (0-based), scores."""
-        kept = []
-        for out in outputs:
-            keep = out["scores"] >= score_threshold
-            kept.append(
-                {
-                    "boxes": out["boxes"][keep],
-                    "labels": out["labels"][keep] - 1,
-                    "scores": out["scores"][keep],
-                }
-            )
-        return kept
+        return [{"boxes": o["boxes"], "labels": o["labels"] - 1, "scores": o["scores"]} for o in outputs]
 
     def rebuild_model(self, meta: dict) -> torch.nn.Module:
-        from trainer.tasks.detection.model import rebuild_detector
-
         return rebuild_detector(meta["model"]["name"], meta["num_classes"] + 1, meta["detection"]["img_size"])
 
     def preprocessing_from_meta(self, meta: dict) -> DetectionPreprocessing:
@@ -150,11 +142,9 @@ class Detection(Task):
 
     @torch.inference_mode()
     def plot_predictions(self, model, meta: dict, dataset, path, n: int = 8) -> bool:
-        from trainer.tasks.detection.plots import detection_predictions
-
         samples = [s for s in (dataset[i] for i in range(min(n, len(dataset)))) if s is not None]
         images = [x for x, _ in samples]
-        preds = self.postprocess(model(images))
+        preds = self.postprocess(model(images), meta)
         truth = [{**t, "labels": t["labels"] - 1} for _, t in samples]
         detection_predictions(images, preds, truth, meta["classes"], path)
         return True

@@ -5,12 +5,12 @@ mIoU/per-class IoU/Dice/pixel accuracy."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from trainer.components.losses import create_loss
 from trainer.components.models import BuiltModel
 from trainer.components.preprocess import eval_transform, train_transform
 from trainer.errors import DataError
+from trainer.registry import filter_names
 from trainer.tasks.base import DataSplit, Task, split_samples
 from trainer.tasks.segmentation.config import SegmentationConfig
 from trainer.tasks.segmentation.data import (
@@ -21,7 +21,9 @@ from trainer.tasks.segmentation.data import (
     read_maskfolder,
 )
 from trainer.tasks.segmentation.metrics import SegmentationMetrics
-from trainer.tasks.segmentation.model import create_segmenter, seg_logits
+from trainer.tasks.segmentation.model import create_segmenter, list_segmenters, seg_logits, segmenter_source
+from trainer.tasks.segmentation.plots import segmentation_overlays
+from trainer.tasks.segmentation.shapes import shapes_segmentation
 
 AUX_WEIGHT = 0.5
 SEG_LOSSES = "cross_entropy, dice, ce_dice or bce_dice"
@@ -87,26 +89,27 @@ class Segmentation(Task):
         m = cfg.model
         return create_segmenter(m.name, num_classes, m.weights, m.aux_loss, m.source)
 
+    def model_names(self, pattern: str | None = None) -> list[tuple[str, str]]:
+        names = filter_names(list_segmenters(), pattern)
+        return [(name, segmenter_source(name) or "timm") for name in names]
+
     def build_loss(self, cfg) -> SegmentationLoss:
         loss, name = cfg.loss, "cross_entropy" if cfg.loss.name == "auto" else cfg.loss.name
         criterion = create_loss(name, False, loss.label_smoothing, ignore_index=cfg.data.ignore_index)
         return SegmentationLoss(criterion)
 
-    def create_metrics(self, num_classes: int, multilabel: bool = False, device="cpu", ignore_index=255):
-        return SegmentationMetrics(num_classes, ignore_index, device)
+    def write_example_data(self, out, n_train: int, n_val: int, size: int, seed: int) -> dict[str, int]:
+        return shapes_segmentation(out, n_train, n_val, size, seed)
 
-    def build_metrics(self, cfg, num_classes: int, device="cpu") -> SegmentationMetrics:
-        return SegmentationMetrics(num_classes, cfg.data.ignore_index, device)
+    def create_metrics(self, meta: dict, device="cpu") -> SegmentationMetrics:
+        return SegmentationMetrics(meta["num_classes"], meta["segmentation"]["ignore_index"], device)
 
     def eval_outputs(self, model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
         return seg_logits(model(images))
 
-    def postprocess(self, outputs, size: tuple[int, int] | None = None) -> torch.Tensor:
-        """Per-pixel class indices (N, H, W); with `size`, of the logits resized bilinearly to it."""
-        logits = seg_logits(outputs).float()
-        if size is not None:
-            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-        return logits.argmax(1)
+    def postprocess(self, outputs, meta: dict) -> torch.Tensor:
+        """Per-pixel class indices (N, H, W) at the logits' size."""
+        return seg_logits(outputs).float().argmax(1)
 
     def rebuild_model(self, meta: dict) -> torch.nn.Module:
         m = meta["model"]
@@ -116,13 +119,11 @@ class Segmentation(Task):
 
     @torch.inference_mode()
     def plot_predictions(self, model, meta: dict, dataset, path, n: int = 6) -> bool:
-        from trainer.tasks.segmentation.plots import segmentation_overlays
-
         mean = torch.tensor(meta["preprocessing"]["mean"]).view(3, 1, 1)
         std = torch.tensor(meta["preprocessing"]["std"]).view(3, 1, 1)
         samples = [s for s in (dataset[i] for i in range(min(n, len(dataset)))) if s is not None]
         images = [x for x, _ in samples]
-        preds = [self.postprocess(model(x[None]))[0] for x in images]
+        preds = [self.postprocess(model(x[None]), meta)[0] for x in images]
         truth = [y.as_subclass(torch.Tensor) for _, y in samples]
         segmentation_overlays([x * std + mean for x in images], preds, truth, meta["classes"], path)
         return True
