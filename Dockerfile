@@ -12,6 +12,8 @@ COPY --chown=1000:100 pyproject.toml README.md /home/ray/src/
 COPY --chown=1000:100 trainer /home/ray/src/trainer
 COPY --chown=1000:100 tuner /home/ray/src/tuner
 COPY --chown=1000:100 serving /home/ray/src/serving
+# the Helm chart ships in the wheel for `vft submit` (trainer/launch/chart links to it)
+COPY --chown=1000:100 charts/vft /home/ray/src/charts/vft
 RUN python -m pip wheel --no-cache-dir --no-deps --wheel-dir /home/ray/wheels /home/ray/src
 
 # ---- runtime

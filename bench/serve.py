@@ -33,11 +33,20 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from serving import backends as B  # noqa: E402
-from serving.export import EvalSet, export_onnx, images_per_second, quantize_int8  # noqa: E402
+from serving.app import ServeArgs, build_local_app  # noqa: E402
+from serving.export.timing import images_per_second  # noqa: E402
+from serving.export.to_int8 import quantize_int8  # noqa: E402
+from serving.export.to_onnx import export_onnx  # noqa: E402
+from serving.export.to_tensorrt import build_tensorrt  # noqa: E402
+from serving.runtime.registry import create_backend  # noqa: E402
+from serving.runtime.rundir import INT8_FILE, ONNX_FILE, export_path, read_run_meta  # noqa: E402
+from serving.runtime.tensorrt_backend import tensorrt_unavailable  # noqa: E402
 from trainer.components import checkpoint as ckpt  # noqa: E402
+from trainer.components.deploy import OnnxGraph  # noqa: E402
+from trainer.components.images import open_image  # noqa: E402
 from trainer.components.models import create_model  # noqa: E402
 from trainer.components.preprocess import Preprocessing  # noqa: E402
+from trainer.tasks.base import task_of  # noqa: E402
 
 
 def make_run_dir(root: Path, model_name: str, size: int, classes: int) -> tuple[Path, torch.nn.Module]:
@@ -55,12 +64,19 @@ def make_run_dir(root: Path, model_name: str, size: int, classes: int) -> tuple[
     return run_dir, built.module.eval()
 
 
+def onnx_graph(run_dir: Path, model: torch.nn.Module) -> OnnxGraph:
+    """The graph `vft export` exports for the run's task."""
+    meta = read_run_meta(run_dir)
+    return task_of(meta).onnx_graph(model, meta)
+
+
 def export_formats(run_dir: Path, model: torch.nn.Module, size: int) -> None:
-    export_onnx(model, size, B.export_path(run_dir, B.ONNX_FILE), opset=18)
+    graph = onnx_graph(run_dir, model)
+    export_onnx(graph, export_path(run_dir, ONNX_FILE), opset=18)
     rng = np.random.default_rng(0)
     batches = [rng.normal(size=(16, 3, size, size)).astype(np.float32) for _ in range(4)]
-    calib = EvalSet(batches, torch.zeros(64), "generated")
-    quantize_int8(B.export_path(run_dir, B.ONNX_FILE), B.export_path(run_dir, B.INT8_FILE), calib, "static")
+    onnx_file, int8_file = export_path(run_dir, ONNX_FILE), export_path(run_dir, INT8_FILE)
+    quantize_int8(onnx_file, int8_file, batches, "static", graph.inputs[0])
 
 
 def jpeg_bodies(size: int, n: int = 64) -> list[bytes]:
@@ -82,7 +98,7 @@ def runtime_ratios(run_dir: Path, model: torch.nn.Module, size: int, seconds: fl
             return model(torch.from_numpy(batch)).numpy()
 
     threads = torch.get_num_threads()  # the same for every runtime
-    onnx, int8 = B.create_backend("onnx", run_dir, threads), B.create_backend("int8", run_dir, threads)
+    onnx, int8 = create_backend("onnx", run_dir, threads), create_backend("int8", run_dir, threads)
     x32 = np.random.default_rng(0).normal(size=(32, 3, size, size)).astype(np.float32)
     rates = {}
     for name, fn in (("torch", eager), ("onnx", onnx), ("int8", int8)):
@@ -135,18 +151,15 @@ def percentile_ms(values: list[float], q: float) -> float:
 
 def pipeline_rate(run_dir: Path, bodies: list[bytes], seconds: float) -> float:
     """Requests/s of the serving pipeline called in-process, without Ray Serve or HTTP: decode and
-    preprocess each body (as the replica does, same code), the backend at batch 32, answers."""
-    from serving.app import classification_answer
-    from trainer.components.images import open_image
-    from trainer.components.preprocess import eval_transform
-
-    meta = B.read_run_meta(run_dir)
-    transform = eval_transform(Preprocessing.from_meta(meta["preprocessing"]))
-    backend = B.create_backend("onnx", run_dir, torch.get_num_threads())
+    preprocess each body, the backend at batch 32, answers (the replica's handler, same code)."""
+    meta = read_run_meta(run_dir)
+    handler = task_of(meta).serve_handler(meta, top_k=5, score_threshold=0.25)
+    backend = create_backend("onnx", run_dir, torch.get_num_threads())
 
     def answer(chunk: list[bytes]) -> list[dict]:
-        batch = np.stack([transform(open_image(body)).numpy() for body in chunk])
-        return [classification_answer(scores, meta, 5) for scores in backend(batch)]
+        prepared = [handler.prepare(open_image(body)) for body in chunk]
+        outputs = handler.run(backend, [inputs for inputs, _ in prepared])
+        return [handler.answer(out, size) for out, (_, size) in zip(outputs, prepared, strict=True)]
 
     answer(bodies[:32])
     done, start = 0, time.perf_counter()
@@ -158,8 +171,6 @@ def pipeline_rate(run_dir: Path, bodies: list[bytes], seconds: float) -> float:
 def serve_ratio(run_dir: Path, size: int, seconds: float, direct: float) -> dict:
     import ray
     from ray import serve
-
-    from serving.app import ServeArgs, build_local_app
 
     ray.init(address="local", num_cpus=4, log_to_driver=False, configure_logging=False)
     port = 18000 + np.random.default_rng().integers(0, 1000)
@@ -204,16 +215,15 @@ def gpu_ratios(run_dir: Path, model: torch.nn.Module, size: int, seconds: float)
             out = model(torch.from_numpy(batch).cuda())
             return out.cpu().numpy()
 
-    backends = {"torch_fp32_eager": eager, "vft_torch_bf16": B.create_backend("torch", run_dir)}
-    if B.tensorrt_unavailable() is None:
-        from serving.export import build_tensorrt
-
-        export_onnx(model.cpu(), size, B.export_path(run_dir, B.ONNX_FILE), opset=18)
+    backends = {"torch_fp32_eager": eager, "vft_torch_bf16": create_backend("torch", run_dir)}
+    if tensorrt_unavailable() is None:
+        graph = onnx_graph(run_dir, model.cpu())
+        export_onnx(graph, export_path(run_dir, ONNX_FILE), opset=18)
         model.cuda()
-        build_tensorrt(run_dir, B.export_path(run_dir, B.ONNX_FILE), size, "fp16", 256)
-        backends["tensorrt_fp16"] = B.create_backend("tensorrt", run_dir)
+        build_tensorrt(run_dir, graph, "fp16", 256)
+        backends["tensorrt_fp16"] = create_backend("tensorrt", run_dir)
     else:
-        print(f"tensorrt: {B.tensorrt_unavailable()}")
+        print(f"tensorrt: {tensorrt_unavailable()}")
     result: dict = {"gpu": torch.cuda.get_device_name(), "img_s": {}}
     x = np.random.default_rng(0).normal(size=(256, 3, size, size)).astype(np.float32)
     for batch in (32, 256):

@@ -3,12 +3,12 @@
 `serving.app:build_app` is the import path a RayService (or `serve run`) uses; its args are
 `ServeArgs` (run_dir and backend at least). Per request: the body's size and type are checked
 before reading it whole, the image's header before decoding it (pixels, format), then the
-task's handler prepares the input from the checkpoint's meta.json, `@serve.batch` gathers
-concurrent requests into one backend call, and the handler turns each output into the answer:
-classification the top-k labels, detection boxes in the image's pixels, segmentation a PNG mask
-(base64) at the image's size with per-class pixel fractions. Bad input is answered (400, 413,
-415), never raised; a full queue is answered 503 with Retry-After by Serve itself
-(`max_queued_requests`).
+task's handler (`Task.serve_handler`) prepares the input from the checkpoint's meta.json,
+`@serve.batch` gathers concurrent requests into one backend call, and the handler turns each
+output into the answer: classification the top-k labels, detection boxes in the image's pixels,
+segmentation a PNG mask (base64) at the image's size with per-class pixel fractions. Bad input
+is answered (400, 413, 415), never raised; a full queue is answered 503 with Retry-After by
+Serve itself (`max_queued_requests`).
 """
 
 import asyncio
@@ -21,10 +21,18 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
+from ray.serve import metrics as serve_metrics
 from ray.serve.config import BackpressureConfig
+
+from serving.runtime.registry import backend_names, create_backend
+from serving.runtime.rundir import fetch_run_dir, read_run_meta
+from trainer.components.images import open_image
+from trainer.errors import BadImageError, ImageTooLargeError, UnsupportedFormatError
+from trainer.tasks.base import task_of
 
 DEPLOYMENT_NAME = "VftModel"
 RAW_TYPES = ("image/", "application/octet-stream")
+BackendName = Literal[tuple(backend_names())]  # the runtime registry's names
 
 api = FastAPI(
     title="vft model server",
@@ -39,7 +47,7 @@ class ServeArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     run_dir: str
-    backend: Literal["onnx", "int8", "tensorrt", "torch"] = "onnx"
+    backend: BackendName = "onnx"
     max_batch_size: int = Field(32, ge=1, le=1024)
     batch_wait_timeout_s: float = Field(0.01, ge=0.0, le=5.0)
     max_body_bytes: int = Field(20 * 2**20, ge=1024)
@@ -100,125 +108,9 @@ async def image_bytes(request: Request, limit: int) -> bytes:
     return data
 
 
-def classification_answer(scores: np.ndarray, meta: dict, top_k: int) -> dict:
-    """Softmax (sigmoid for multilabel) over the logits, top k: label, index, score."""
-    if meta["multilabel"]:
-        probs = 1.0 / (1.0 + np.exp(-scores))
-    else:
-        shifted = np.exp(scores - scores.max())
-        probs = shifted / shifted.sum()
-    order = np.argsort(-probs)[: min(top_k, len(probs))]
-    classes = meta["classes"]
-    return {"predictions": [{"label": classes[i], "index": int(i), "score": float(probs[i])} for i in order]}
-
-
-class ClassificationHandler:
-    """Eval preprocessing (resize, centre crop, normalise); top-k labels."""
-
-    def __init__(self, meta: dict, args: ServeArgs):
-        from trainer.components.preprocess import Preprocessing, eval_transform
-
-        self.meta, self.args = meta, args
-        self.transform = eval_transform(Preprocessing.from_meta(meta["preprocessing"]))
-        self.size = int(meta["preprocessing"]["input_size"])
-
-    def prepare(self, image) -> tuple[np.ndarray, tuple[int, int]]:
-        return self.transform(image).numpy(), image.size
-
-    def run(self, backend, inputs: list[np.ndarray]) -> list:
-        return list(backend(np.stack(inputs)))
-
-    def answer(self, output, size: tuple[int, int]) -> dict:
-        return classification_answer(output, self.meta, self.args.top_k)
-
-    def health_input(self) -> list[np.ndarray]:
-        return [np.zeros((3, self.size, self.size), np.float32)]
-
-
-class SegmentationHandler(ClassificationHandler):
-    """The whole image resized to the model's input size and normalised; the logits resized
-    back to the image's size (bilinear), argmax, a PNG of class indices."""
-
-    def __init__(self, meta: dict, args: ServeArgs):
-        import torch
-        from torchvision.transforms import v2 as T
-
-        super().__init__(meta, args)
-        p = meta["preprocessing"]
-        resize = T.Resize((self.size, self.size), antialias=True)
-        scale = T.ToDtype(torch.float32, scale=True)
-        self.transform = T.Compose([T.ToImage(), resize, scale, T.Normalize(p["mean"], p["std"])])
-
-    def answer(self, output: np.ndarray, size: tuple[int, int]) -> dict:
-        import base64
-        import io
-
-        import torch
-        import torch.nn.functional as F
-        from PIL import Image
-
-        width, height = size
-        logits = torch.from_numpy(output)[None]
-        if logits.shape[1] * width * height <= 64_000_000:  # else upsample the labels, not the logits
-            mask = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False).argmax(
-                1
-            )[0]
-        else:
-            small = logits.argmax(1, keepdim=True).float()
-            mask = F.interpolate(small, size=(height, width), mode="nearest")[0, 0].long()
-        counts = torch.bincount(mask.flatten(), minlength=len(self.meta["classes"])).tolist()
-        png = io.BytesIO()
-        Image.fromarray(mask.to(torch.uint8).numpy(), mode="L").save(png, format="PNG")
-        return {
-            "mask_png": base64.b64encode(png.getvalue()).decode(),
-            "width": width,
-            "height": height,
-            "classes": self.meta["classes"],
-            "fractions": {c: n / (width * height) for c, n in zip(self.meta["classes"], counts, strict=True)},
-        }
-
-
-class DetectionHandler:
-    """The decoded image as float [0, 1] at its own size (the detector resizes it); boxes come
-    back in the image's pixels; those under `score_threshold` are left out."""
-
-    def __init__(self, meta: dict, args: ServeArgs):
-        from trainer.tasks.detection.task import detection_eval_transform
-
-        self.meta, self.args = meta, args
-        self.transform = detection_eval_transform()
-
-    def prepare(self, image) -> tuple[np.ndarray, tuple[int, int]]:
-        return self.transform(image).numpy(), image.size
-
-    def run(self, backend, inputs: list[np.ndarray]) -> list:
-        return backend(inputs)
-
-    def answer(self, output, size: tuple[int, int]) -> dict:
-        boxes, labels, scores = output
-        classes, keep = self.meta["classes"], scores >= self.args.score_threshold
-        detections = [
-            {
-                "label": classes[int(k) - 1],
-                "index": int(k) - 1,
-                "score": float(s),
-                "box": [float(v) for v in b],
-            }
-            for b, k, s in zip(boxes[keep], labels[keep], scores[keep], strict=True)
-        ]
-        return {"detections": detections, "width": size[0], "height": size[1]}
-
-    def health_input(self) -> list[np.ndarray]:
-        return [np.zeros((3, 64, 64), np.float32)]
-
-
 def _finite(output) -> bool:
     """A logits array, or a detector's (boxes, labels, scores), holds only finite numbers."""
     return all(np.isfinite(part).all() for part in (output if isinstance(output, tuple) else (output,)))
-
-
-HANDLERS = {"classification": ClassificationHandler, "segmentation": SegmentationHandler,
-            "detection": DetectionHandler}  # fmt: skip
 
 
 @serve.deployment(
@@ -232,14 +124,11 @@ HANDLERS = {"classification": ClassificationHandler, "segmentation": Segmentatio
 @serve.ingress(api)
 class VftModel:
     def __init__(self, args: dict):
-        from serving.backends import create_backend, fetch_run_dir, read_run_meta
-
         self.args = ServeArgs.model_validate(args)
         run_dir = fetch_run_dir(self.args.run_dir)
         self.meta = read_run_meta(run_dir)
-        task = self.meta.get("task", "classification")
-        self.backend = create_backend(self.args.backend, run_dir, self.args.threads, task)
-        self.handler = HANDLERS[task](self.meta, self.args)
+        self.backend = create_backend(self.args.backend, run_dir, self.args.threads)
+        self.handler = task_of(self.meta).serve_handler(self.meta, self.args.top_k, self.args.score_threshold)
         self.infer.set_max_batch_size(self.args.max_batch_size)
         self.infer.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s)
         # decoding runs on its own threads so that it never queues behind a batch's inference
@@ -251,16 +140,14 @@ class VftModel:
 
     def _metrics(self) -> None:
         """Prometheus metrics beside Serve's own (exported by Ray's metrics agent)."""
-        from ray.serve import metrics
-
-        self.batch_metric = metrics.Histogram(
+        self.batch_metric = serve_metrics.Histogram(
             "vft_batch_size", "Images per backend call", boundaries=[1, 2, 4, 8, 16, 32, 64, 128, 256]
         )
-        self.status_metric = metrics.Counter("vft_responses", "Responses by status", tag_keys=("status",))
+        self.status_metric = serve_metrics.Counter(
+            "vft_responses", "Responses by status", tag_keys=("status",)
+        )
 
     def prepare(self, data: bytes) -> tuple[np.ndarray, tuple[int, int]]:
-        from trainer.components.images import open_image
-
         img = open_image(data, self.args.max_pixels, "request body", formats=self.args.allowed_formats)
         return self.handler.prepare(img)
 
@@ -278,8 +165,6 @@ class VftModel:
 
     @api.post("/v1/predict", summary="Predict one image (raw image body or multipart field 'file')")
     async def predict(self, request: Request):
-        from trainer.errors import BadImageError, ImageTooLargeError, UnsupportedFormatError
-
         try:
             data = await image_bytes(request, self.args.max_body_bytes)
             image, size = await asyncio.get_running_loop().run_in_executor(

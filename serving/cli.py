@@ -1,4 +1,5 @@
-"""`vft export`, `vft serve`, `vft predict` (registered through the `vft.commands` entry points).
+"""`vft export`, `vft serve`, `vft predict`, `vft eval` (registered through the `vft.commands`
+entry points).
 
 Exit codes as everywhere: 0 success, 1 failed (a parity gate with --check, a server error),
 2 bad usage or input (no such run, no export yet, a format this machine cannot build).
@@ -14,33 +15,27 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
+import ray
 import typer
+from ray import serve as ray_serve
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from serving.app import DEPLOYMENT_NAME, ServeArgs, build_local_app
+from serving.client import predict_files, wait_until_up
+from serving.evaluate.base import EvalError, EvalOptions, parse_domains
+from serving.evaluate.pipeline import evaluate_run
+from serving.export.base import EXPORTERS, ExportOptions, Thresholds, parse_formats
+from serving.export.pipeline import export_run
+from serving.runtime.registry import backend_names, check_servable
+from trainer.components.robustness import ATTACKS, list_corruptions
+from trainer.console import err, fail
+from trainer.driver import init_ray
+from trainer.errors import VftError
+
 out = Console(width=None if sys.stdout.isatty() else 120)  # tables stay whole in logs
-err = Console(stderr=True)
-
-
-def fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-def bad_input_errors() -> tuple[type[Exception], ...]:
-    from serving.backends import BackendError
-    from serving.export import ExportError
-    from trainer.errors import BadImageError, ConfigError, DataError, WeightsError
-
-    return BackendError, ExportError, ConfigError, DataError, BadImageError, WeightsError
-
-
-class Backend(str, Enum):
-    onnx = "onnx"
-    int8 = "int8"
-    tensorrt = "tensorrt"
-    torch = "torch"
+Backend = Enum("Backend", {name: name for name in backend_names()}, type=str)  # the runtime registry's names
 
 
 class Int8Mode(str, Enum):
@@ -60,7 +55,9 @@ def export(
     run_dir: Annotated[Path, typer.Argument(help="a run directory of `vft train` (or `vft tune`'s best)")],
     formats: Annotated[
         str | None,
-        typer.Option("--format", help="onnx, int8, tensorrt (default: onnx,int8; detection: onnx)"),
+        typer.Option(
+            "--format", help=f"comma-separated: {', '.join(EXPORTERS.names())} (default: the task's own)"
+        ),
     ] = None,
     check: Annotated[bool, typer.Option(help="exit 1 when a parity threshold is exceeded")] = False,
     max_abs_diff: Annotated[float, typer.Option(help="ONNX FP32: largest |torch - onnx| output")] = 1e-3,
@@ -76,8 +73,6 @@ def export(
 ) -> None:
     """Export the best checkpoint to ONNX / INT8 / TensorRT, checked against PyTorch on the
     validation images; writes RUN_DIR/export/ and report.json."""
-    from serving.export import ExportOptions, Thresholds, export_run, parse_formats
-
     try:
         opts = ExportOptions(
             formats=parse_formats(formats) if formats else None,
@@ -86,8 +81,8 @@ def export(
             max_images=max_images, data=data, trt_precision=trt_precision.value, trt_max_batch=trt_max_batch,
         )  # fmt: skip
         report = export_run(run_dir, opts)
-    except bad_input_errors() as exc:
-        fail(str(exc))
+    except VftError as exc:
+        fail(str(exc), exc.exit_code)
     out.print(export_table(report))
     out.print(f"report: {Path(run_dir, 'export', 'report.json')}")
     unavailable = {f: r for f, r in report["formats"].items() if r["status"] == "unavailable"}
@@ -146,7 +141,7 @@ def export_table(report: dict) -> Table:
 
 def serve(
     run_dir: Annotated[Path, typer.Argument(help="a run directory, exported for onnx/int8/tensorrt")],
-    backend: Annotated[Backend, typer.Option(help="inference backend")] = Backend.onnx,
+    backend: Annotated[Backend, typer.Option(help="inference backend")] = Backend["onnx"],
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="HTTP port")] = 8000,
     replicas: Annotated[int, typer.Option(min=1, help="replicas (without --max-replicas)")] = 1,
@@ -161,19 +156,12 @@ def serve(
     score_threshold: Annotated[float, typer.Option(min=0, max=1, help="detection: least box score")] = 0.25,
 ) -> None:
     """Serve RUN_DIR with Ray Serve: POST /v1/predict, GET /v1/model, /healthz, /docs. Ctrl-C stops."""
-    import ray
-    from ray import serve as ray_serve
-
-    from serving.app import DEPLOYMENT_NAME, ServeArgs, build_local_app
-    from serving.backends import check_servable
-    from trainer.driver import init_ray
-
     args = ServeArgs(run_dir=str(run_dir.resolve()), backend=backend.value, max_batch_size=max_batch_size,
                      batch_wait_timeout_s=batch_wait_ms / 1000, score_threshold=score_threshold)  # fmt: skip
     try:
         check_servable(run_dir, backend.value)
-    except bad_input_errors() as exc:
-        fail(str(exc))
+    except VftError as exc:
+        fail(str(exc), exc.exit_code)
     autoscaling = {"min_replicas": 1, "max_replicas": max_replicas} if max_replicas else None
     deployment = {
         "max_ongoing_requests": max_ongoing_requests,
@@ -213,8 +201,6 @@ def predict(
     top: Annotated[int, typer.Option(min=0, help="print only the N best predictions (0: all)")] = 0,
 ) -> None:
     """POST images to a running server; print one JSON answer per image."""
-    from serving.client import predict_files, wait_until_up
-
     missing = [str(p) for p in images if not p.is_file()]
     if missing:
         fail(f"image not found: {', '.join(missing)}")
@@ -235,18 +221,10 @@ def predict(
 # ----------------------------------------------------------------------------- eval
 
 
-class EvalBackend(str, Enum):
-    torch = "torch"
-    onnx = "onnx"
-    int8 = "int8"
-
-
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="a run directory (exported for onnx/int8)")],
     data: Annotated[list[str], typer.Option(help="PATH or NAME=PATH; repeat for more domains")],
-    backend: Annotated[
-        EvalBackend, typer.Option(help="torch (the checkpoint) or an export")
-    ] = EvalBackend.torch,
+    backend: Annotated[Backend, typer.Option(help="torch (the checkpoint) or an export")] = Backend["torch"],
     name: Annotated[
         str | None, typer.Option(help="report name: RUN_DIR/eval/NAME (default: backend)")
     ] = None,
@@ -258,9 +236,6 @@ def evaluate(
     max_images: Annotated[int, typer.Option(min=1, help="images per domain")] = 1000,
 ) -> None:
     """Robustness, adversarial, cross-domain and calibration report for a trained model."""
-    from serving.evaluate import EvalError, EvalOptions, evaluate_run, parse_domains
-    from trainer.components.robustness import list_corruptions
-
     try:
         named = {"all": list_corruptions(), "none": []}
         chosen = named[corruptions] if corruptions in named else split_list(corruptions, str)
@@ -270,17 +245,15 @@ def evaluate(
             attacks=() if attacks == "none" else tuple(split_list(attacks, str)), pgd_steps=pgd_steps,
             max_images=max_images,
         )  # fmt: skip
-        bad = [a for a in opts.attacks if a not in ("fgsm", "pgd")] + [
-            s for s in opts.severities if not 1 <= s <= 5
-        ]
+        bad = [a for a in opts.attacks if a not in ATTACKS] + [s for s in opts.severities if not 1 <= s <= 5]
         if bad:
             raise EvalError(f"--attacks/--severities: unknown {', '.join(map(str, bad))}")
-        report = evaluate_run(run_dir, parse_domains(data), backend.value, name or backend.value, opts)
-    except (EvalError, *bad_input_errors()) as exc:
-        fail(str(exc))
-    for table in eval_tables(report):
-        out.print(table)
-    out.print(f"report: {Path(run_dir, 'eval', report['name'], 'report.md')}")
+        evaluation = evaluate_run(run_dir, parse_domains(data), backend.value, name or backend.value, opts)
+    except VftError as exc:
+        fail(str(exc), exc.exit_code)
+    for title, header, rows in evaluation.tables:
+        out.print(table_of(title, header, rows))
+    out.print(f"report: {Path(run_dir, 'eval', evaluation.report['name'], 'report.md')}")
 
 
 def split_list(text: str, kind, option: str = "") -> list:
@@ -297,38 +270,3 @@ def table_of(title: str, header: list[str], rows: list[list[str]]) -> Table:
     for row in rows:
         table.add_row(*row)
     return table
-
-
-def eval_tables(report: dict) -> list[Table]:
-    if report.get("task", "classification") != "classification":
-        return task_eval_tables(report)
-    rows = []
-    for name, d in report["domains"].items():
-        label = (
-            f"{name} [red](worst)" if name == report["worst_domain"] and len(report["domains"]) > 1 else name
-        )
-        rows.append([label, str(d["images"]), f"{d['top1']:.4f}", f"{d['f1']:.4f}", f"{d['ece']:.4f}"])
-    title = f"vft eval: {report['name']} ({report['runtime']})"
-    tables = [table_of(title, ["domain", "images", "top-1", "macro F1", "ECE"], rows)]
-    if c := report["corruptions"]:
-        severities = list(next(iter(c["top1"].values())))
-        rows = [[name, *(f"{row[s]:.3f}" for s in severities), f"{c['per_corruption_top1'][name]:.3f}"]
-                for name, row in c["top1"].items()]  # fmt: skip
-        title = f"corruptions: clean {c['clean_top1']:.4f}, mCE {c['mean_corruption_error']:.4f}"
-        tables.append(table_of(title, ["corruption", *(f"s{s}" for s in severities), "mean"], rows))
-    if a := report["adversarial"]:
-        eps = list(next(iter(a["top1"].values())))
-        rows = [[attack, *(f"{row[e]:.3f}" for e in eps)] for attack, row in a["top1"].items()]
-        header = ["attack", *(f"{float(e) * 255:.3g}/255" for e in eps)]
-        tables.append(table_of(f"adversarial top-1 (L-inf, PGD {a['pgd_steps']} steps)", header, rows))
-    return tables
-
-
-def task_eval_tables(report: dict) -> list[Table]:
-    from serving.taskeval import corruption_rows, domain_rows
-
-    tables = [table_of(f"vft eval: {report['name']} ({report['runtime']})", *domain_rows(report))]
-    if c := report["corruptions"]:
-        title = f"corruptions ({c['metric']}): clean {c['clean']:.4f}, mCE {c['mean_corruption_error']:.4f}"
-        tables.append(table_of(title, *corruption_rows(c)))
-    return tables

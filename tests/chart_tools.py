@@ -60,6 +60,16 @@ def template(
     return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
 
 
+def merge_values(base: dict, update: dict) -> dict:
+    """`update` merged into `base`: nested dicts merged, anything else replaced (helm merges a
+    values file into the chart defaults this way)."""
+    out = dict(base)
+    for key, value in update.items():
+        nested = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = merge_values(out[key], value) if nested else value
+    return out
+
+
 def values_id(values: Path | None) -> str:
     return "defaults" if values is None else values.stem
 

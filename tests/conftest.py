@@ -1,5 +1,11 @@
 """Shared fixtures: one local Ray cluster for the whole session (real Ray, oversubscribed
-logical CPUs so 2-worker runs fit on a 2-core machine), and generated datasets."""
+logical CPUs so 2-worker runs fit on a 2-core machine), generated datasets, and the trained runs
+(digits, segmentation, detection) the integration tests share.
+
+Every test outside tests/unit/ (that is, tests/integration/) is marked `integration`, so
+`make test-fast` (`pytest -m "not integration"`) runs tests/unit/ alone; a test under tests/unit/
+that asks for the Ray cluster, directly or through a trained run, fails collection, and one that
+calls `ray.init` fails."""
 
 from __future__ import annotations
 
@@ -9,8 +15,40 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+UNIT = ROOT / "tests" / "unit"
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(config, items):
+    misplaced = []
+    for item in items:
+        if not Path(item.path).is_relative_to(UNIT):
+            # tests/integration/, and any test file not yet sorted into unit/ or integration/:
+            # `make test-fast` runs tests/unit/ only
+            item.add_marker(pytest.mark.integration)
+        elif "ray_cluster" in item.fixturenames:
+            misplaced.append(item.nodeid)
+    if misplaced:
+        raise pytest.UsageError(
+            "tests under tests/unit/ must not start Ray (they use the ray_cluster fixture, directly or "
+            "through a trained run); move them to tests/integration/:\n  " + "\n  ".join(misplaced)
+        )
+
+
+@pytest.fixture(autouse=True)
+def _no_ray_in_unit_tests(request, monkeypatch):
+    """Under tests/unit/, `ray.init` fails the test at once: a stub that no longer intercepts (a
+    monkeypatched name the code stopped looking up) must not start a cluster and run a sweep."""
+    if not Path(request.node.path).is_relative_to(UNIT):
+        return
+    import ray
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a unit test started Ray: move it to tests/integration/ or stub the call")
+
+    monkeypatch.setattr(ray, "init", refuse)
 
 
 @pytest.fixture(scope="session")
@@ -39,6 +77,17 @@ def shapes_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("shapes")
     shapes_classification(out, n_train=2000, n_val=300, size=32, seed=1)
     return out
+
+
+@pytest.fixture(scope="module")
+def small_coco(tmp_path_factory) -> Path:
+    """A tiny COCO detection set (12 train, 4 val images of 48 px): read by the unit tests, damaged
+    (in copies) by the `vft train` ones."""
+    from trainer.tasks.detection.shapes import shapes_detection
+
+    data = tmp_path_factory.mktemp("det_small")
+    shapes_detection(data, n_train=12, n_val=4, size=48, seed=3)
+    return data
 
 
 @pytest.fixture(scope="session")

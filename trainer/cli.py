@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from trainer import registry
 from trainer.components.synthetic import digits, shifted_domain
 from trainer.config import load_config, to_yaml
+from trainer.console import err, fail, out
 from trainer.driver import RunFailed, run_dir_of, summary_table
 from trainer.driver import train as run_training
 from trainer.errors import VftError
@@ -31,8 +31,6 @@ app = typer.Typer(
 )
 data_app = typer.Typer(no_args_is_help=True, help="Generate example datasets.")
 app.add_typer(data_app, name="data")
-out = Console()
-err = Console(stderr=True)
 
 
 Task = Enum("Task", {name: name for name in registry.list_tasks()}, type=str)  # registered tasks
@@ -44,11 +42,6 @@ class Listing(str, Enum):
     schedulers = "schedulers"
     losses = "losses"
     tasks = "tasks"
-
-
-def fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 @data_app.command("digits")

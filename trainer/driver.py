@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import ray
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -24,8 +26,12 @@ from rich.table import Table
 
 from trainer import errors
 from trainer.components import checkpoint as ckpt
+from trainer.components import plots
 from trainer.components.runlog import read_metrics_csv, write_text
 from trainer.config import VftConfig, to_yaml
+from trainer.engine.loop import train_worker
+from trainer.engine.progress import ProgressBoard
+from trainer.tasks.base import get_task, model_from_checkpoint
 
 console = Console(stderr=True)
 
@@ -75,11 +81,6 @@ def use_gpu(cfg: VftConfig) -> bool:
 
 
 def make_trainer(cfg: VftConfig, run_dir: str, board=None, callbacks: list | None = None):
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    from trainer.engine.loop import train_worker
-
     gpu = use_gpu(cfg)
     s = cfg.scaling
     resources = {"CPU": s.cpus_per_worker, **({"GPU": s.gpus_per_worker} if gpu else {})}
@@ -105,8 +106,6 @@ def make_trainer(cfg: VftConfig, run_dir: str, board=None, callbacks: list | Non
 
 
 def train(cfg: VftConfig, address: str | None = None, quiet: bool = False) -> TrainSummary:
-    from trainer.engine.progress import ProgressBoard
-
     run_dir = run_dir_of(cfg)
     done = len(read_metrics_csv(ckpt.join(run_dir, "metrics.csv")))
     if done:
@@ -196,8 +195,6 @@ def _epoch_line(record: dict, cfg: VftConfig) -> str:
 
 
 def write_plots(summary: TrainSummary, cfg: VftConfig) -> None:
-    from trainer.components import plots
-
     if not summary.history:
         return
     with tempfile.TemporaryDirectory() as tmp:
@@ -227,8 +224,6 @@ def write_plots(summary: TrainSummary, cfg: VftConfig) -> None:
 def prediction_plot(cfg: VftConfig, best_dir: str, path: Path) -> None:
     """The best checkpoint's predictions on the first validation images (detection boxes,
     segmentation overlays), rebuilt from its meta.json like a third party would."""
-    from trainer.tasks.base import get_task, model_from_checkpoint
-
     task = get_task(cfg.task)
     if not task.draws_predictions:
         return

@@ -7,11 +7,15 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.logging import RichHandler
 
-out = Console()
-err = Console(stderr=True)
+from trainer.config import load_config
+from trainer.console import err, fail, out
+from trainer.errors import VftError
+from trainer.tasks.base import get_task
+from tuner.report import collect, summary_table, write_outputs
+from tuner.space import load_space
+from tuner.sweep import SweepFailed, run_sweep, tune_dir_of
 
 
 def tune(
@@ -24,27 +28,20 @@ def tune(
 ) -> None:
     """Sweep hyperparameters with Ray Tune; each trial is a distributed training run. Running it
     again with the same name resumes the sweep."""
-    from trainer.cli import fail, input_errors
-    from trainer.config import load_config
-    from trainer.tasks.base import get_task
-    from tuner.report import collect, summary_table, write_outputs
-    from tuner.space import load_space
-    from tuner.sweep import SweepFailed, run_sweep, tune_dir_of
-
     try:
         cfg = load_config(config, overrides or [], name=name)
         sweep_space = load_space(space, cfg)
         get_task(cfg.task).check_data(cfg)  # fail fast, before any cluster starts, on an unusable dataset
-    except input_errors() as exc:
-        fail(str(exc))
+    except VftError as exc:
+        fail(str(exc), exc.exit_code)
     show_progress(quiet)
     err.print(f"sweep dir: {tune_dir_of(cfg)}")
     try:
         run = run_sweep(cfg, sweep_space, address=address)
-    except input_errors() as exc:
-        fail(str(exc))
     except SweepFailed as exc:
         fail(f"the sweep failed: {exc}", 1)
+    except VftError as exc:
+        fail(str(exc), exc.exit_code)
     summary = collect(cfg, sweep_space, run)
     outputs = write_outputs(summary, cfg, sweep_space)
     out.print(summary_table(summary, sweep_space, outputs))

@@ -9,11 +9,9 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from trainer.registry import Registry
+from tuner.registry import SCHEDULERS, SEARCHERS
 from tuner.space import Distribution, Space, clip_to_bounds
 
-SCHEDULERS = Registry("tune scheduler", "tuner.components")
-SEARCHERS = Registry("search", "tuner.components")
 TIME_ATTR = "epoch"
 
 

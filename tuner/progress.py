@@ -6,10 +6,26 @@ The callback keeps no handles, so it pickles with the Tuner and works again on a
 from __future__ import annotations
 
 import logging
+import re
 
 from ray.tune import Callback
 
 log = logging.getLogger("vft.tune")
+
+
+ERROR_LINE = re.compile(r"^(?:[\w.]+\.)?(\w*(?:Error|Exception|Failed|Exit)\w*): (.*)$")
+
+
+def error_line(text: str) -> str:
+    """The most telling line of a trial's traceback: the last exception and its message (the
+    trial's own TrialFailed wrapper left out)."""
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    for line in reversed(lines):
+        match = ERROR_LINE.match(line)
+        if match:
+            name, message = match.groups()
+            return (message if name == "TrialFailed" else f"{name}: {message}")[:300]
+    return (lines[-1] if lines else "unknown error")[:300]
 
 
 def describe(config: dict) -> str:
@@ -37,8 +53,6 @@ class TrialLog(Callback):
         log.info("trial %s finished after epoch %s", trial.trial_id, result.get("epoch", "-"))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        from tuner.report import error_line
-
         reason = error_line(trial.get_error() or "")
         log.warning("trial %s failed, the sweep goes on: %s", trial.trial_id, reason)
 

@@ -7,7 +7,6 @@ import csv
 import io
 import json
 import math
-import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,9 @@ from rich.table import Table
 from trainer.components import checkpoint as ckpt
 from trainer.components.runlog import read_metrics_csv, read_text, write_text
 from trainer.config import VftConfig, build_config, merge, to_yaml
+from trainer.driver import TrainSummary, best_row, write_plots
+from tuner import plots
+from tuner.progress import error_line
 from tuner.space import Space
 from tuner.sweep import SweepRun
 
@@ -98,21 +100,6 @@ def trial_row(trial, tune_dir: str, space: Space, cfg: VftConfig) -> TrialRow:
     return row
 
 
-ERROR_LINE = re.compile(r"^(?:[\w.]+\.)?(\w*(?:Error|Exception|Failed|Exit)\w*): (.*)$")
-
-
-def error_line(text: str) -> str:
-    """The most telling line of a trial's traceback: the last exception and its message (the
-    trial's own TrialFailed wrapper left out)."""
-    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
-    for line in reversed(lines):
-        match = ERROR_LINE.match(line)
-        if match:
-            name, message = match.groups()
-            return (message if name == "TrialFailed" else f"{name}: {message}")[:300]
-    return (lines[-1] if lines else "unknown error")[:300]
-
-
 def rank_key(row: TrialRow, mode: str) -> tuple:
     return (not row.succeeded, row.best is None, _signed(row.best, mode) if row.best is not None else 0.0)
 
@@ -163,8 +150,6 @@ def best_config_text(best: TrialRow, cfg: VftConfig) -> str:
 
 def copy_best_run(best: TrialRow, dest: str, metric: str) -> None:
     """The best trial's run directory without Ray's own checkpoint folders, plus its plots."""
-    from trainer.driver import TrainSummary, best_row, write_plots
-
     with tempfile.TemporaryDirectory(prefix="vft-best-") as tmp:
         for name in ("best", "last", "config.yaml", "metrics.csv"):
             _fetch(ckpt.join(best.run_dir, name), Path(tmp, name))
@@ -197,8 +182,6 @@ def _fetch(uri: str, local: Path) -> None:
 
 
 def write_sweep_plots(summary: SweepSummary, space: Space, dest: str) -> None:
-    from tuner import plots
-
     best_id = summary.best.trial_id if summary.best else None
     with tempfile.TemporaryDirectory(prefix="vft-plots-") as tmp:
         plots.metric_vs_epoch(summary.trials, summary.metric, Path(tmp, "metric_vs_epoch.png"), best_id)

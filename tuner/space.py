@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from trainer.config import DEFAULT_TASK, VftConfig, build_config, config_class, format_errors
 from trainer.errors import ConfigError
+from tuner.registry import SCHEDULERS, SEARCHERS
 
 DISTRIBUTIONS = ("loguniform", "uniform", "quniform", "randint", "choice", "grid")
 CONTINUOUS = ("loguniform", "uniform")
@@ -143,8 +144,6 @@ class SchedulerSpec(_Strict):
     @field_validator("name")
     @classmethod
     def _known(cls, name: str) -> str:
-        from tuner.components import SCHEDULERS
-
         known = SCHEDULERS.names()
         if name not in known:
             raise ValueError(f"unknown scheduler '{name}'; allowed: {', '.join(known)}")
@@ -173,8 +172,6 @@ class Space(_Strict):
     @field_validator("search")
     @classmethod
     def _known_search(cls, name: str) -> str:
-        from tuner.components import SEARCHERS
-
         known = SEARCHERS.names()
         if name not in known:
             raise ValueError(f"unknown search '{name}'; allowed: {', '.join(known)}")

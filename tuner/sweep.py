@@ -48,11 +48,13 @@ import ray
 import yaml
 from ray.train import UserCallback
 
+from trainer import errors
 from trainer.components import checkpoint as ckpt
 from trainer.components.runlog import read_text, write_metrics_csv, write_text
 from trainer.config import VftConfig, build_config, merge, to_yaml
 from trainer.driver import RunFailed, init_ray, make_trainer, run_dir_of, use_gpu
 from trainer.errors import ConfigError
+from tuner.components import create_scheduler, create_search, param_space, uses_checkpoints
 from tuner.progress import TrialLog, drop_trial_tracebacks
 from tuner.space import Space, set_dotted
 from tuner.space import to_yaml as space_yaml
@@ -65,7 +67,7 @@ ACK_TIMEOUT_S = 600.0
 STOP_TIMEOUT_S = 30.0
 
 
-class SweepFailed(RuntimeError):
+class SweepFailed(errors.RunFailed):
     """Ray Tune itself failed (not a trial: those are recorded and the sweep goes on)."""
 
 
@@ -290,8 +292,6 @@ def trial_dirname(trial) -> str:
 
 def make_tuner(cfg: VftConfig, space: Space, tune_dir: str, concurrent: int):
     from ray import tune
-
-    from tuner.components import create_scheduler, create_search, param_space, uses_checkpoints
 
     plan = TrialPlan(
         base=cfg.model_dump(mode="json"),

@@ -96,9 +96,13 @@ def eval_transform(p: Preprocessing) -> T.Compose:
     )
 
 
-def train_transform(p: Preprocessing, aug, mask_fill: int | None = None) -> T.Compose:
-    """`aug` is the config's AugmentConfig (read here, by the builder, only). Rotations and
-    auto-augment ops interpolate bilinearly: tensors support no bicubic grid sampling.
+def train_transform(
+    p: Preprocessing, aug, mask_fill: int | None = None, policy: tuple = (), after_normalize: tuple = ()
+) -> T.Compose:
+    """`aug` is the config's crop augmentation section (read here, by the builder, only):
+    RandomResizedCrop, flips, rotation, colour jitter; a task adds image-only `policy` ops
+    (e.g. RandAugment) before normalisation and `after_normalize` ops (e.g. RandomErasing).
+    Rotations interpolate bilinearly: tensors support no bicubic grid sampling.
 
     Joint: called with (image, tv_tensors.Mask) it crops, scales, flips and rotates both (masks
     by nearest neighbour; rotated-in mask pixels get `mask_fill`); colour changes and
@@ -120,29 +124,4 @@ def train_transform(p: Preprocessing, aug, mask_fill: int | None = None) -> T.Co
     if aug.color_jitter:
         cj = aug.color_jitter
         steps.append(T.ColorJitter(brightness=cj, contrast=cj, saturation=cj))
-    if aug.auto_augment == "randaugment":
-        steps.append(
-            T.RandAugment(
-                num_ops=aug.randaugment_ops,
-                magnitude=aug.randaugment_magnitude,
-                interpolation=InterpolationMode.BILINEAR,
-            )
-        )
-    elif aug.auto_augment == "trivialaugment":
-        steps.append(T.TrivialAugmentWide(interpolation=InterpolationMode.BILINEAR))
-    steps += _normalize(p)
-    if aug.random_erasing:
-        steps.append(T.RandomErasing(p=aug.random_erasing, value=0))
-    return T.Compose(steps)
-
-
-def batch_mix(aug, num_classes: int):
-    """MixUp and/or CutMix on a batch (one of them per batch), or None."""
-    mixes = []
-    if aug.mixup_alpha:
-        mixes.append(T.MixUp(alpha=aug.mixup_alpha, num_classes=num_classes))
-    if aug.cutmix_alpha:
-        mixes.append(T.CutMix(alpha=aug.cutmix_alpha, num_classes=num_classes))
-    if not mixes:
-        return None
-    return mixes[0] if len(mixes) == 1 else T.RandomChoice(mixes)
+    return T.Compose([*steps, *policy, *_normalize(p), *after_normalize])

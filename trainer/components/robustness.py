@@ -124,6 +124,10 @@ class Normalizer:
     def to_inputs(self, pixels: torch.Tensor) -> torch.Tensor:
         return (pixels - self.mean) / self.std
 
+    def corrupt(self, inputs: torch.Tensor, name: str, severity: int, seed: int = 0) -> torch.Tensor:
+        """Normalised inputs corrupted in [0, 1] pixel space (see `corrupt`), normalised again."""
+        return self.to_inputs(corrupt(self.to_pixels(inputs), name, severity, seed))
+
 
 # ----------------------------------------------------------------------------- adversarial
 

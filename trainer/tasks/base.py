@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from trainer.components.deploy import BATCH, ExportSpec, OnnxGraph, ServeHandler, TaskEval, Thresholds
 from trainer.components.models import BuiltModel, load_weights
 from trainer.components.preprocess import Preprocessing, resolve_preprocessing
 from trainer.errors import WeightsError
@@ -171,6 +172,41 @@ class Task:
         False when the task has no such plot."""
         return False
 
+    # -- export, serving, evaluation (called by serving/)
+    input_kind: str = BATCH  # what backends take: BATCH (one preprocessed array) or IMAGES (a list)
+    export_spec: ExportSpec  # the `vft export` formats it supports and builds by default
+
+    def graph_outputs(self, model: nn.Module, inputs: Any) -> Any:
+        """The model's outputs as its exported graph gives them, which every backend returns:
+        logits for a batch, or per image a tuple in the graph's output order."""
+        raise NotImplementedError
+
+    def metric_inputs(self, outputs: Any) -> Any:
+        """One backend call's outputs in the form `create_metrics(meta).update` takes."""
+        raise NotImplementedError
+
+    def onnx_graph(self, model: nn.Module, meta: dict) -> OnnxGraph:
+        """What torch.onnx exports for the checkpoint that `meta` describes."""
+        raise NotImplementedError
+
+    def parity(self, reference: list, outputs: list) -> dict:
+        """How an exported format's outputs differ from PyTorch's (each a list, one entry per
+        backend call on the same batches)."""
+        raise NotImplementedError
+
+    def parity_failures(self, result: dict, exact: bool, thresholds: Thresholds) -> list[str]:
+        """The thresholds a format's parity `result` exceeds; `exact`: an FP32 format."""
+        raise NotImplementedError
+
+    def serve_handler(self, meta: dict, top_k: int, score_threshold: float) -> ServeHandler:
+        """A serving replica's handler for the checkpoint that `meta` describes (`top_k` labels
+        of a classifier, `score_threshold` for a detector's boxes)."""
+        raise NotImplementedError
+
+    def evaluation(self, meta: dict, n_bins: int) -> TaskEval:
+        """How `vft eval` evaluates the run that `meta` describes (`n_bins` calibration bins)."""
+        raise NotImplementedError
+
 
 def split_samples(samples, val_fraction: float, seed: int):
     """A seeded random train/val split of a task's sample list (anything with `subset`)."""
@@ -187,6 +223,11 @@ def get_task(name: str) -> Task:
     return TASKS.get(name)
 
 
+def task_of(meta: dict) -> Task:
+    """The task of a checkpoint's meta.json (one written before tasks existed: classification)."""
+    return get_task(meta.get("task", "classification"))
+
+
 def model_from_checkpoint(directory: str | Path) -> tuple[nn.Module, dict]:
     """The trained model of a checkpoint folder (model.safetensors + meta.json), in eval mode,
     rebuilt from meta.json alone: no config, no hub. Returns (model, meta)."""
@@ -196,7 +237,7 @@ def model_from_checkpoint(directory: str | Path) -> tuple[nn.Module, dict]:
         if not path.is_file():
             raise WeightsError(f"{path}: not found (is {directory} a checkpoint folder?)")
     meta = json.loads(meta_file.read_text())
-    module = get_task(meta.get("task", "classification")).rebuild_model(meta)
+    module = task_of(meta).rebuild_model(meta)
     try:
         load_weights(module, load_file(str(weights_file)), head=())
     except (WeightsError, RuntimeError, OSError) as exc:

@@ -5,15 +5,21 @@ from __future__ import annotations
 
 import torch
 
+from trainer.components.deploy import OnnxGraph, Thresholds
 from trainer.components.losses import OutputLoss, create_loss
 from trainer.components.models import BuiltModel, create_model, list_models, model_sources
-from trainer.components.preprocess import batch_mix, eval_transform, train_transform
+from trainer.components.parity import logits_failures, logits_parity
+from trainer.components.preprocess import eval_transform, train_transform
 from trainer.components.synthetic import shapes_classification
 from trainer.tasks.base import DataSplit, EvalContext, Task
+from trainer.tasks.classification import export
+from trainer.tasks.classification.augment import batch_mix, erasing_ops, policy_ops
 from trainer.tasks.classification.config import ClassificationConfig
 from trainer.tasks.classification.data import Collate, ImageDataset, check_split, read_split
+from trainer.tasks.classification.evaluate import ClassificationEval
 from trainer.tasks.classification.metrics import ROBUST_METRIC, ClassificationMetrics
 from trainer.tasks.classification.robust import robust_accuracy
+from trainer.tasks.classification.serve import ClassificationHandler
 
 
 class Classification(Task):
@@ -32,7 +38,10 @@ class Classification(Task):
     def build_datasets(self, cfg, split: DataSplit, prep):
         d = cfg.data
         common = {"multilabel": d.multilabel, "max_pixels": d.max_image_pixels, "skip_bad": d.skip_bad_images}
-        train = ImageDataset(split.train, split.classes, train_transform(prep, d.augment), **common)
+        transform = train_transform(
+            prep, d.augment, policy=policy_ops(d.augment), after_normalize=erasing_ops(d.augment)
+        )
+        train = ImageDataset(split.train, split.classes, transform, **common)
         val = ImageDataset(split.val, split.classes, eval_transform(prep), **common)
         return train, val
 
@@ -77,3 +86,27 @@ class Classification(Task):
     def postprocess(self, outputs: torch.Tensor, meta: dict) -> torch.Tensor:
         """Class probabilities: softmax, or per-label sigmoid for multilabel logits."""
         return outputs.float().sigmoid() if meta["multilabel"] else outputs.float().softmax(-1)
+
+    # -- export, serving, evaluation (called by serving/)
+    export_spec = export.SPEC
+
+    def graph_outputs(self, model, inputs: torch.Tensor) -> torch.Tensor:
+        return export.graph_outputs(model, inputs)
+
+    def metric_inputs(self, outputs) -> torch.Tensor:
+        return export.metric_inputs(outputs)
+
+    def onnx_graph(self, model, meta: dict) -> OnnxGraph:
+        return export.onnx_graph(model, meta)
+
+    def parity(self, reference: list, outputs: list) -> dict:
+        return logits_parity(reference, outputs)
+
+    def parity_failures(self, result: dict, exact: bool, thresholds: Thresholds) -> list[str]:
+        return logits_failures(result, exact, thresholds)
+
+    def serve_handler(self, meta: dict, top_k: int, score_threshold: float) -> ClassificationHandler:
+        return ClassificationHandler(meta, top_k)
+
+    def evaluation(self, meta: dict, n_bins: int) -> ClassificationEval:
+        return ClassificationEval(self, meta, n_bins)

@@ -20,7 +20,7 @@ from torch import nn
 from torchvision.models import detection as tvd
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7
 
-from trainer.components.models import BuiltModel, load_weights
+from trainer.components.models import BuiltModel, load_weights, read_weights
 from trainer.errors import WeightsError
 
 TORCHVISION_DETECTORS = {
@@ -107,8 +107,6 @@ def create_detector(
         )
     head = CLASS_HEADS[family]
     if weights not in ("none", "hub"):
-        from trainer.components.models import read_weights
-
         load_weights(model, read_weights(weights, expect_model=name), head)
     frozen = tuple(n for n, p in model.named_parameters() if not p.requires_grad)
     return BuiltModel(model, name, detector_source(name), head, _resize_rule(model), frozen)

@@ -10,15 +10,19 @@ from dataclasses import asdict, dataclass
 import torch
 from torchvision.transforms import v2 as T
 
+from trainer.components.deploy import IMAGES, OnnxGraph, Thresholds
 from trainer.components.models import BuiltModel
 from trainer.errors import DataError
 from trainer.registry import filter_names
 from trainer.tasks.base import DataSplit, Task, split_samples
+from trainer.tasks.detection import export
 from trainer.tasks.detection.config import DetectionConfig
 from trainer.tasks.detection.data import BoxCollate, BoxDataset, read_detection
+from trainer.tasks.detection.evaluate import DetectionEval
 from trainer.tasks.detection.metrics import DetectionMetrics
 from trainer.tasks.detection.model import create_detector, detector_source, list_detectors, rebuild_detector
 from trainer.tasks.detection.plots import detection_predictions
+from trainer.tasks.detection.serve import DetectionHandler
 from trainer.tasks.detection.shapes import shapes_detection
 
 
@@ -158,6 +162,31 @@ class Detection(Task):
                 "box_format": "xyxy",
             }
         }
+
+    # -- export, serving, evaluation (called by serving/)
+    input_kind = IMAGES
+    export_spec = export.SPEC
+
+    def graph_outputs(self, model, inputs: list[torch.Tensor]) -> list[tuple[torch.Tensor, ...]]:
+        return export.graph_outputs(model, inputs)
+
+    def metric_inputs(self, outputs) -> list[dict]:
+        return export.metric_inputs(outputs)
+
+    def onnx_graph(self, model, meta: dict) -> OnnxGraph:
+        return export.onnx_graph(model, meta)
+
+    def parity(self, reference: list, outputs: list) -> dict:
+        return export.box_parity(reference, outputs)
+
+    def parity_failures(self, result: dict, exact: bool, thresholds: Thresholds) -> list[str]:
+        return export.box_failures(result, exact, thresholds)
+
+    def serve_handler(self, meta: dict, top_k: int, score_threshold: float) -> DetectionHandler:
+        return DetectionHandler(meta, score_threshold, detection_eval_transform())
+
+    def evaluation(self, meta: dict, n_bins: int) -> DetectionEval:
+        return DetectionEval(self, meta, detection_eval_transform())
 
 
 def detection_train_transform(aug) -> T.Compose:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import torchvision.models as tvm
 from torch import nn
 
-from trainer.components.models import BuiltModel, _torchvision_default_weights, load_weights
+from trainer.components.models import BuiltModel, _torchvision_default_weights, load_weights, read_weights
 from trainer.errors import WeightsError
 
 TORCHVISION_SEGMENTERS = (
@@ -62,8 +62,6 @@ def create_segmenter(
     else:
         built = _build_unet(name, num_classes, weights == "hub")
     if weights not in ("none", "hub"):
-        from trainer.components.models import read_weights
-
         load_weights(built.module, read_weights(weights, expect_model=name), built.head)
     return built
 

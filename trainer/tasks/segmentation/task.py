@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import torch
 
+from trainer.components.deploy import OnnxGraph, Thresholds
 from trainer.components.losses import create_loss
 from trainer.components.models import BuiltModel
+from trainer.components.parity import logits_failures, logits_parity
 from trainer.components.preprocess import eval_transform, train_transform
 from trainer.errors import DataError
 from trainer.registry import filter_names
 from trainer.tasks.base import DataSplit, Task, split_samples
+from trainer.tasks.segmentation import export
 from trainer.tasks.segmentation.config import SegmentationConfig
 from trainer.tasks.segmentation.data import (
     MaskCollate,
@@ -20,9 +23,11 @@ from trainer.tasks.segmentation.data import (
     read_classes,
     read_maskfolder,
 )
+from trainer.tasks.segmentation.evaluate import SegmentationEval
 from trainer.tasks.segmentation.metrics import SegmentationMetrics
 from trainer.tasks.segmentation.model import create_segmenter, list_segmenters, seg_logits, segmenter_source
 from trainer.tasks.segmentation.plots import segmentation_overlays
+from trainer.tasks.segmentation.serve import SegmentationHandler
 from trainer.tasks.segmentation.shapes import shapes_segmentation
 
 AUX_WEIGHT = 0.5
@@ -138,3 +143,27 @@ class Segmentation(Task):
                 "aux_loss": cfg.model.aux_loss,
             }
         }
+
+    # -- export, serving, evaluation (called by serving/)
+    export_spec = export.SPEC
+
+    def graph_outputs(self, model, inputs: torch.Tensor) -> torch.Tensor:
+        return export.graph_outputs(model, inputs)
+
+    def metric_inputs(self, outputs) -> torch.Tensor:
+        return export.metric_inputs(outputs)
+
+    def onnx_graph(self, model, meta: dict) -> OnnxGraph:
+        return export.onnx_graph(model, meta)
+
+    def parity(self, reference: list, outputs: list) -> dict:
+        return logits_parity(reference, outputs)
+
+    def parity_failures(self, result: dict, exact: bool, thresholds: Thresholds) -> list[str]:
+        return logits_failures(result, exact, thresholds)
+
+    def serve_handler(self, meta: dict, top_k: int, score_threshold: float) -> SegmentationHandler:
+        return SegmentationHandler(meta)
+
+    def evaluation(self, meta: dict, n_bins: int) -> SegmentationEval:
+        return SegmentationEval(self, meta)

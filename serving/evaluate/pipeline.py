@@ -1,0 +1,68 @@
+"""`vft eval RUN_DIR --data ...`: the domains, the corruption suite and (where the task allows
+attacks) the adversarial suite on one backend; the report written and its summary tables."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from serving.evaluate.adversarial import adversarial_suite
+from serving.evaluate.base import EvalError, EvalOptions
+from serving.evaluate.corruptions import corruption_suite
+from serving.evaluate.domains import image_count, load_domain, score
+from serving.evaluate.report import Table, summary_tables, write_report
+from serving.runtime.registry import check_servable, create_backend
+from serving.runtime.rundir import checkpoint_dir, read_run_meta
+from trainer.components import robustness as R
+from trainer.tasks.base import model_from_checkpoint, task_of
+
+
+@dataclass
+class Evaluation:
+    report: dict  # as written to report.json
+    tables: list[Table]  # the summary `vft eval` prints
+
+
+def evaluate_run(
+    run_dir: Path, domains: list[tuple[str, Path]], backend: str, name: str, opts: EvalOptions
+) -> Evaluation:
+    unknown = [c for c in opts.corruptions if c not in R.list_corruptions()]
+    if unknown:
+        raise EvalError(
+            f"--corruptions: unknown {', '.join(unknown)}; allowed: {', '.join(R.list_corruptions())}"
+        )
+    check_servable(run_dir, backend)
+    meta = read_run_meta(run_dir)
+    if meta["multilabel"]:
+        raise EvalError(f"{run_dir}: vft eval covers single-label runs")
+    task = task_of(meta)
+    spec = task.evaluation(meta, opts.n_bins)
+    sets = {domain: load_domain(spec, domain, path, opts) for domain, path in domains}
+    runner = create_backend(backend, run_dir)
+    per_domain = {}
+    for domain, batches in sets.items():
+        scalars, tables = score(spec, runner, batches)
+        per_domain[domain] = {
+            "images": image_count(batches),
+            **scalars,
+            **tables,
+            "path": str(dict(domains)[domain]),
+        }
+    primary = domains[0][0]
+    clean = per_domain[primary][spec.metric]
+    report = {
+        "run_dir": str(run_dir), "name": name, "task": task.name, "backend": backend, "runtime": runner.name,
+        "epoch": meta["epoch"], "options": asdict(opts), "metric": spec.metric, "domains": per_domain,
+        "worst_domain": min(per_domain, key=lambda d: per_domain[d][spec.metric]), "primary_domain": primary,
+        "corruptions": None, "adversarial": None,
+    }  # fmt: skip
+    if opts.corruptions:
+        report["corruptions"] = corruption_suite(spec, runner, sets[primary], opts, clean)
+    if spec.attacks and opts.attacks:
+        model, _ = model_from_checkpoint(checkpoint_dir(run_dir))
+        p = meta["preprocessing"]
+        report["adversarial"] = adversarial_suite(
+            model, runner, sets[primary], R.Normalizer(p["mean"], p["std"]), opts
+        )
+    write_report(Path(run_dir, "eval", name), report, spec)
+    return Evaluation(report, summary_tables(report, spec))

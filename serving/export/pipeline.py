@@ -1,0 +1,115 @@
+"""`vft export RUN_DIR`: the best checkpoint to the formats asked for (the task's default
+otherwise), each run on the validation images next to PyTorch: the task's parity measures, the
+monitored metric and its delta, img/s, gated by the thresholds; RUN_DIR/export/ gets the
+formats, a copy of meta.json (model.onnx + meta.json reproduce a prediction) and report.json."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from serving.export.base import EXPORTERS, ExportError, ExportOptions, with_requirements
+from serving.export.parity import first, monitored_value, parity_batches, run_batches
+from serving.export.timing import speeds, timing_inputs
+from serving.runtime.registry import create_backend
+from serving.runtime.rundir import EXPORT_DIR, checkpoint_dir, read_run_meta, run_config
+from serving.runtime.torch_backend import TorchBackend
+from trainer.components import checkpoint as ckpt
+from trainer.components.deploy import Batches
+from trainer.tasks.base import Task, task_of
+
+SPEED_BASE = "onnx"  # speed-ups are relative to FP32 ONNX Runtime
+
+
+@dataclass
+class Check:
+    """What every format is measured against: the run, its parity batches, PyTorch's outputs on
+    them and their metric, and the inputs timed."""
+
+    run_dir: Path
+    task: Task
+    meta: dict
+    batches: Batches
+    reference: list
+    value: float
+    timing: dict[int, Any]
+
+
+def export_run(run_dir: Path, opts: ExportOptions) -> dict:
+    """Export, check, time; write RUN_DIR/export/report.json and return the report."""
+    best = checkpoint_dir(run_dir)
+    meta = read_run_meta(run_dir)
+    task = task_of(meta)
+    spec = task.export_spec
+    formats = with_requirements(opts.formats or spec.default_formats)
+    torch_backend = TorchBackend(run_dir, task, device="cpu")  # the reference: fp32, as exported
+    graph = task.onnx_graph(torch_backend.model, meta)
+    cfg = run_config(run_dir, opts.data)
+    split = task.read_data(cfg)
+    if not len(split.val):
+        raise ExportError(f"data.val: {cfg.data.val} holds no images")
+    limit = min(opts.max_images, spec.max_parity_images or opts.max_images)
+    val = parity_batches(task, cfg, meta, first(split.val, limit), opts.batch_size)
+    calibration: Batches = []
+    if any(EXPORTERS.get(f).calibrated for f in formats if f in spec.formats):
+        shuffled = split.train.subset(np.random.default_rng(0).permutation(len(split.train)))
+        calibration = parity_batches(
+            task, cfg, meta, first(shuffled, opts.calibration_images), opts.batch_size
+        )
+    out = Path(run_dir, EXPORT_DIR)
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(best / ckpt.META_FILE, out / ckpt.META_FILE)
+    reference = run_batches(torch_backend, val)
+    check = Check(run_dir, task, meta, val, reference, monitored_value(task, meta, reference, val),
+                  timing_inputs(task.input_kind, val, opts.batch_size))  # fmt: skip
+    report: dict = {
+        "run_dir": str(run_dir),
+        "checkpoint": str(best),
+        "epoch": meta["epoch"],
+        "images": sum(len(inputs) for inputs, _ in val),
+        "thresholds": asdict(opts.thresholds),
+        "torch": {
+            "metric": meta["monitor"]["metric"],
+            "value": check.value,
+            **speeds(torch_backend, check.timing),
+        },
+        "formats": {},
+    }
+    for fmt in formats:
+        exporter = EXPORTERS.get(fmt)
+        reason = spec.unsupported if fmt not in spec.formats else exporter.unavailable()
+        if reason:
+            report["formats"][fmt] = {"status": "unavailable", "reason": reason}
+            continue
+        result = exporter.build(run_dir, graph, opts, calibration)
+        report["formats"][fmt] = check_format(fmt, result, check, opts)
+    add_speedups(report["formats"], f"img_s_batch{opts.batch_size}")
+    report["passed"] = all(r["status"] != "failed" for r in report["formats"].values())
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def check_format(fmt: str, result: dict, check: Check, opts: ExportOptions) -> dict:
+    """A written format's backend on the parity batches, measured against PyTorch's outputs."""
+    backend = create_backend(fmt, check.run_dir)
+    outputs = run_batches(backend, check.batches)
+    value = monitored_value(check.task, check.meta, outputs, check.batches)
+    result.update(check.task.parity(check.reference, outputs))
+    result.update(metric=check.meta["monitor"]["metric"], value=value, metric_delta=value - check.value)
+    result.update(speeds(backend, check.timing))
+    result["failed"] = check.task.parity_failures(result, EXPORTERS.get(fmt).exact, opts.thresholds)
+    result["status"] = "failed" if result["failed"] else "passed"
+    return result
+
+
+def add_speedups(results: dict[str, dict], key: str) -> None:
+    """Each format's speed-up over FP32 ONNX at the export batch size, where both were timed."""
+    base = results.get(SPEED_BASE, {}).get(key)
+    for fmt, result in results.items():
+        if base and result.get(key) and fmt != SPEED_BASE:
+            result["speedup_vs_onnx_fp32"] = result[key] / base

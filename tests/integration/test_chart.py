@@ -1,0 +1,408 @@
+"""The Helm chart, rendered by the real helm binary (.tools/helm, `make tools`) with the default
+values and every example values file in charts/vft/ci/. No Kubernetes API server can run here, so
+each rendered object is validated against schemas instead: built-in kinds with
+kubernetes-validate (strict, the newest Kubernetes it knows), RayJob/RayService/RayCluster with
+KubeRay v1.7.0's CRD schemas made strict (additionalProperties: false), and serveConfigV2 with
+Ray Serve's ServeDeploySchema. The chart's files without helm: tests/unit/test_chart_files.py."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+
+import pytest
+import yaml
+from chart_tools import (
+    CHART,
+    ROOT,
+    VALUES_FILES,
+    load_crd_schemas,
+    merge_values,
+    pod_templates,
+    ray_cluster,
+    run_helm,
+    template,
+    unknown_keys,
+    validate_builtin,
+    validate_crd,
+    values_id,
+)
+
+CUSTOM_KINDS = {"RayJob", "RayService", "RayCluster"}
+MAIN_KIND = {"train": "RayJob", "tune": "RayJob", "serve": "RayService"}
+
+
+@pytest.fixture(scope="session")
+def crd_schemas(request) -> dict[str, dict]:
+    return load_crd_schemas(request.config.cache.mkdir("vft-kuberay-schemas"))
+
+
+@pytest.fixture(scope="module", params=VALUES_FILES, ids=values_id)
+def rendered(request) -> tuple[dict, list[dict]]:
+    """(values as helm merged them, rendered objects) for one values file."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    if request.param is not None:
+        values = merge_values(values, yaml.safe_load(request.param.read_text()))
+    return values, template(request.param)
+
+
+def by_kind(docs: list[dict], kind: str) -> list[dict]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def containers_of(template_: dict) -> list[dict]:
+    spec = template_["spec"]
+    return spec.get("initContainers", []) + spec["containers"]
+
+
+def entrypoint_overrides(doc: dict) -> dict[str, str]:
+    return dict(a.split("=", 1) for a in shlex.split(doc["spec"]["entrypoint"]) if "=" in a and "." in a)
+
+
+# ----------------------------------------------------------------------------- lint and render
+
+
+@pytest.mark.parametrize("values", VALUES_FILES, ids=values_id)
+def test_helm_lint_strict(values):
+    args = ["lint", "--strict", str(CHART)] + (["-f", str(values)] if values else [])
+    proc = run_helm(*args, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "0 chart(s) failed" in proc.stdout
+
+
+def test_rendered_objects_match_their_schemas(rendered, crd_schemas):
+    values, docs = rendered
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds == sorted(["ConfigMap", "NetworkPolicy", "ServiceAccount", MAIN_KIND[values["workload"]]])
+    for doc in docs:
+        where = f"{doc['kind']} {doc['metadata']['name']}"
+        if doc["kind"] in CUSTOM_KINDS:
+            errors = validate_crd(doc, crd_schemas)
+            assert not errors, f"{where} breaks the KubeRay v1.7.0 CRD schema:\n" + "\n".join(errors)
+        else:
+            validate_builtin(doc)  # raises on any schema error
+
+
+def test_serve_config_matches_ray_serve_schema(rendered):
+    from ray.serve.schema import ServeDeploySchema
+
+    from serving.app import ServeArgs
+
+    values, docs = rendered
+    if values["workload"] != "serve":
+        assert not by_kind(docs, "RayService")
+        return
+    (service,) = by_kind(docs, "RayService")
+    config = yaml.safe_load(service["spec"]["serveConfigV2"])
+    ServeDeploySchema.model_validate(config)
+    assert unknown_keys(ServeDeploySchema, config) == []
+    (app,) = config["applications"]
+    assert app["import_path"] == "serving.app:build_app"
+    serve = values["serve"]
+    run_dir = f"/mnt/vft/runs/{values['run']['name']}" if values["storage"]["type"] == "pvc" else None
+    args = ServeArgs.model_validate(app["args"])  # what serving.app:build_app accepts
+    assert (args.run_dir, args.backend) == (serve["modelUri"] or run_dir, serve["backend"])
+    assert (args.max_batch_size, args.max_body_bytes) == (serve["maxBatchSize"], serve["maxBodyBytes"])
+    assert args.score_threshold == serve["scoreThreshold"]
+    (deployment,) = app["deployments"]
+    assert deployment["name"] == serve["deploymentName"]
+    assert deployment["ray_actor_options"]["num_gpus"] == serve["gpusPerReplica"]
+    if serve["autoscaling"]["enabled"]:
+        assert "num_replicas" not in deployment
+        scaling = deployment["autoscaling_config"]
+        assert (scaling["min_replicas"], scaling["max_replicas"]) == (
+            serve["autoscaling"]["minReplicas"],
+            serve["autoscaling"]["maxReplicas"],
+        )
+        assert ray_cluster(service)["enableInTreeAutoscaling"] is True
+    else:
+        assert deployment["num_replicas"] == serve["replicas"]
+    assert config["http_options"]["port"] == serve["port"]
+
+
+def test_strict_crd_schemas_catch_misspelt_fields(crd_schemas):
+    docs = template()
+    (job,) = by_kind(docs, "RayJob")
+    assert validate_crd(job, crd_schemas) == []
+    job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["securityContxt"] = {}
+    job["spec"]["shutdownAfterJobFinish"] = True
+    errors = "\n".join(validate_crd(job, crd_schemas))
+    assert "securityContxt" in errors and "shutdownAfterJobFinish" in errors
+
+
+# ----------------------------------------------------------------------------- security
+
+
+def test_secure_defaults(rendered):
+    values, docs = rendered
+    kinds = {d["kind"] for d in docs}
+    assert not kinds & {"Secret", "Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding", "Ingress"}
+    for service in by_kind(docs, "Service"):
+        assert service["spec"].get("type", "ClusterIP") == "ClusterIP"
+
+    (account,) = by_kind(docs, "ServiceAccount")
+    assert account["automountServiceAccountToken"] is False
+
+    main = next(d for d in docs if d["kind"] in CUSTOM_KINDS)
+    cluster = ray_cluster(main)
+    assert cluster["authOptions"] == {"mode": "token"}
+    head = cluster["headGroupSpec"]
+    assert head["serviceType"] == "ClusterIP"  # dashboard and job API stay cluster-internal
+    assert not head.get("enableIngress", False)
+
+    (policy,) = by_kind(docs, "NetworkPolicy")
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    rules = policy["spec"]["ingress"]
+    assert rules[0] == {"from": [{"podSelector": {"matchLabels": selector}}]}
+    for rule in rules[1:]:  # everything else is port-limited: dashboard for the operator, serve port
+        ports = {p["port"] for p in rule["ports"]}
+        assert ports in ({8265}, {values["serve"]["port"]})
+        if ports == {8265}:
+            operator = rule["from"][0]["podSelector"]["matchLabels"]
+            assert operator == {"app.kubernetes.io/name": "kuberay-operator"}
+    assert any(r.get("ports", [{}])[0].get("port") == values["serve"]["port"] for r in rules) == (
+        values["workload"] == "serve"
+    )
+
+    autoscaling = cluster.get("enableInTreeAutoscaling", False)
+    if autoscaling:
+        options = cluster["autoscalerOptions"]
+        _check_container_security(options["securityContext"], "autoscaler")
+        _check_resources(options["resources"], "autoscaler")
+
+    for where, pod in pod_templates(main):
+        labels = pod["metadata"]["labels"]
+        assert selector.items() <= labels.items(), f"the NetworkPolicy does not cover the {where} pod"
+        spec = pod["spec"]
+        assert spec["securityContext"]["runAsNonRoot"] is True, where
+        assert spec["securityContext"]["runAsUser"] != 0, where
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, where
+        assert not spec.get("hostNetwork") and not spec.get("hostPID") and not spec.get("hostIPC"), where
+        assert all("hostPath" not in v for v in spec.get("volumes", [])), where
+        if where == "head" and autoscaling:
+            # KubeRay gives the autoscaler its own ServiceAccount with the rights it needs.
+            assert "serviceAccountName" not in spec
+        else:
+            assert spec["serviceAccountName"] == account["metadata"]["name"], where
+            assert spec["automountServiceAccountToken"] is False, where
+        for container in containers_of(pod):
+            _check_container_security(container["securityContext"], f"{where}/{container['name']}")
+            _check_resources(container["resources"], f"{where}/{container['name']}")
+            for env in container.get("env", []):
+                assert "value" not in env or not re.search(r"(?i)secret|password|token", env["name"]), env
+
+
+def _check_container_security(context: dict, where: str) -> None:
+    assert context["runAsNonRoot"] is True, where
+    assert context["allowPrivilegeEscalation"] is False, where
+    assert context.get("privileged", False) is False, where
+    assert context["capabilities"] == {"drop": ["ALL"]}, where
+    assert context["seccompProfile"] == {"type": "RuntimeDefault"}, where
+
+
+def _check_resources(resources: dict, where: str) -> None:
+    for kind in ("requests", "limits"):
+        assert {"cpu", "memory"} <= set(resources.get(kind, {})), f"{where} has no {kind}"
+
+
+# ----------------------------------------------------------------------------- the Ray clusters
+
+
+def test_gpu_worker_group(rendered):
+    values, docs = rendered
+    main = next(d for d in docs if d["kind"] in CUSTOM_KINDS)
+    workers = values["workers"]
+    (group,) = ray_cluster(main)["workerGroupSpecs"]
+    spec = group["template"]["spec"]
+    (container,) = spec["containers"]
+    gpus = workers["gpusPerPod"]
+    assert container["resources"]["limits"].get("nvidia.com/gpu") == (gpus or None)
+    assert spec.get("tolerations", []) == workers["tolerations"]
+    assert spec.get("nodeSelector", {}) == workers["nodeSelector"]
+    assert spec.get("affinity", {}) == workers["affinity"]
+    for where, pod in pod_templates(main):
+        if where == "submitter":
+            continue
+        volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+        mounts = {m["mountPath"]: m["name"] for m in pod["spec"]["containers"][0]["volumeMounts"]}
+        assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory", where
+        config_map = by_kind(docs, "ConfigMap")[0]["metadata"]["name"]
+        assert volumes[mounts["/config"]]["configMap"]["name"] == config_map
+
+
+def test_training_job_settings_and_scaling(rendered):
+    values, docs = rendered
+    if values["workload"] != "train":
+        return
+    (job,) = by_kind(docs, "RayJob")
+    spec = job["spec"]
+    job_values = values["job"]
+    assert spec["backoffLimit"] == job_values["backoffLimit"]
+    assert spec["activeDeadlineSeconds"] == job_values["activeDeadlineSeconds"]
+    assert spec["shutdownAfterJobFinishes"] is job_values["shutdownAfterJobFinishes"]
+    assert spec["ttlSecondsAfterFinished"] == job_values["ttlSecondsAfterFinished"]
+    args = shlex.split(spec["entrypoint"])
+    run_name = values["run"]["name"] or "demo"
+    assert args[:5] == ["vft", "train", "/config/config.yaml", "--name", run_name]
+    overrides = entrypoint_overrides(job)
+    (group,) = ray_cluster(job)["workerGroupSpecs"]
+    gpus = values["workers"]["gpusPerPod"]
+    assert group["replicas"] == group["minReplicas"] == group["maxReplicas"] == values["workers"]["replicas"]
+    assert int(overrides["scaling.num_workers"]) == group["replicas"] * max(gpus, 1)
+    assert overrides["scaling.use_gpu"] == ("true" if gpus else "false")
+    for item in values["run"]["overrides"]:
+        assert item in args
+    storage = values["storage"]
+    expected = storage["uri"] if storage["type"] != "pvc" else f"{storage['mountPath']}/{storage['runsPath']}"
+    assert overrides["run.storage"] == expected
+
+
+def test_tune_autoscaling_matches_concurrent_trials(rendered):
+    values, docs = rendered
+    if values["workload"] != "tune":
+        return
+    (job,) = by_kind(docs, "RayJob")
+    cluster = ray_cluster(job)
+    assert cluster["enableInTreeAutoscaling"] is True
+    (group,) = cluster["workerGroupSpecs"]
+    tune = values["tune"]
+    assert group["minReplicas"] == tune["minReplicas"]
+    assert group["maxReplicas"] == tune["maxReplicas"]
+    gpus_needed = tune["maxConcurrentTrials"] * tune["workersPerTrial"]
+    assert group["maxReplicas"] * values["workers"]["gpusPerPod"] >= gpus_needed
+    space = yaml.safe_load(by_kind(docs, "ConfigMap")[0]["data"]["space.yaml"])
+    assert space["max_concurrent_trials"] == tune["maxConcurrentTrials"]
+    args = shlex.split(job["spec"]["entrypoint"])
+    assert args[:5] == ["vft", "tune", "/config/config.yaml", "--space", "/config/space.yaml"]
+    assert entrypoint_overrides(job)["scaling.num_workers"] == str(tune["workersPerTrial"])
+
+
+def test_tune_max_replicas_defaults_to_what_the_trials_need():
+    docs = template(sets=["workload=tune", "tune.maxConcurrentTrials=3", "tune.workersPerTrial=2"])
+    (group,) = ray_cluster(by_kind(docs, "RayJob")[0])["workerGroupSpecs"]
+    assert group["maxReplicas"] == 6  # 3 trials x 2 workers, 1 GPU per pod
+    docs = template(sets=["workload=tune", "tune.maxConcurrentTrials=3", "workers.gpusPerPod=4"])
+    (group,) = ray_cluster(by_kind(docs, "RayJob")[0])["workerGroupSpecs"]
+    assert group["maxReplicas"] == 1
+
+
+def test_serve_pods_follow_replicas_per_gpu():
+    docs = template(CHART / "ci" / "serve-autoscaling-values.yaml")
+    (group,) = ray_cluster(by_kind(docs, "RayService")[0])["workerGroupSpecs"]
+    assert (group["minReplicas"], group["maxReplicas"]) == (1, 4)  # 2..8 replicas, 2 per GPU
+
+
+def test_storage_credentials_come_from_secret_references():
+    docs = template(CHART / "ci" / "train-s3-values.yaml")
+    (job,) = by_kind(docs, "RayJob")
+    assert entrypoint_overrides(job)["run.storage"] == "s3://vft-example-bucket/vft/runs"
+    for where, pod in pod_templates(job):
+        if where == "submitter":
+            continue
+        env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            assert "value" not in env[key]
+            assert env[key]["valueFrom"]["secretKeyRef"] == {"name": "vft-s3-credentials", "key": key}
+        assert env["AWS_DEFAULT_REGION"]["value"] == "eu-west-1"
+
+    gcs = ["storage.type=gcs", "storage.uri=gs://bucket/runs", "storage.credentialsSecret=gcs-key"]
+    docs = template(sets=gcs)
+    (job,) = by_kind(docs, "RayJob")
+    assert entrypoint_overrides(job)["run.storage"] == "gs://bucket/runs"
+    head = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in head["containers"][0]["env"]}
+    mounts = {m["name"]: m["mountPath"] for m in head["containers"][0]["volumeMounts"]}
+    assert env["GOOGLE_APPLICATION_CREDENTIALS"] == mounts["gcs-credentials"] + "/key.json"
+    assert {"name": "gcs-credentials", "secret": {"secretName": "gcs-key"}} in head["volumes"]
+
+
+def test_config_file_from_set_file_is_kept_verbatim():
+    config = ROOT / "configs" / "digits.yaml"
+    docs = template(extra=["--set-file", f"configFile={config}"])
+    (config_map,) = by_kind(docs, "ConfigMap")
+    assert config_map["data"]["config.yaml"].strip() == config.read_text().strip()
+
+
+# ----------------------------------------------------------------------------- bad values
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("workers.replicas=-1", "/workers/replicas"),
+        ("serve.replicas=-3", "/serve/replicas"),
+        ("tune.minReplicas=-1", "/tune/minReplicas"),
+        ("workers.gpusPerPod=two", "/workers/gpusPerPod"),
+        ("workers.gpusPerPod=1.5", "/workers/gpusPerPod"),
+        ("workers.gpuPerPod=1", "gpuPerPod"),
+        ("replicas=2", "replicas"),
+        ("workload=predict", "/workload"),
+        ("storage.type=nfs", "/storage/type"),
+        ("serve.backend=tflite", "/serve/backend"),
+        ("config.modle.name=x", "modle"),
+        ("run.name=a b", "/run/name"),
+        ("run.overrides={train.epochs=1;rm -rf /}", "/run/overrides"),
+        ("head.resources.limits=null", "/head/resources"),
+        ("rayVersion=2.40.0", "/rayVersion"),
+    ],
+)
+def test_values_schema_rejects(setting, message):
+    proc = run_helm("template", "demo", str(CHART), "--set", setting, check=False)
+    assert proc.returncode != 0, f"--set {setting} was accepted"
+    assert message in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (["workload=tune", "tune.maxConcurrentTrials=4", "tune.maxReplicas=2"], "tune.maxReplicas"),
+        (["workload=tune", "tune.minReplicas=9", "tune.maxReplicas=8"], "tune.minReplicas"),
+        (["workload=serve", "serve.gpusPerReplica=2"], "serve.gpusPerReplica"),
+        (["storage.claimName="], "storage.claimName"),
+        (["storage.type=s3"], "storage.uri"),
+        (["storage.type=gcs", "storage.uri=s3://bucket/runs"], "storage.uri"),
+    ],
+)
+def test_inconsistent_values_fail_with_the_field(settings, message):
+    args = ["template", "demo", str(CHART)] + [a for s in settings for a in ("--set", s)]
+    proc = run_helm(*args, check=False)
+    assert proc.returncode != 0
+    assert message in proc.stderr, proc.stderr
+
+
+# ----------------------------------------------------------------------------- k8s/ examples
+
+
+def test_k8s_examples_are_rendered_from_the_chart(tmp_path):
+    """k8s/examples/ is what k8s/render.sh makes from the chart; rerun it after changing the chart."""
+    proc = subprocess.run(
+        ["bash", str(ROOT / "k8s" / "render.sh"), str(tmp_path)], capture_output=True, text=True, cwd=ROOT
+    )
+    assert proc.returncode == 0, proc.stderr
+    fresh = sorted(p.name for p in tmp_path.glob("*.yaml"))
+    committed = sorted(p.name for p in (ROOT / "k8s" / "examples").glob("*.yaml"))
+    assert fresh == committed and fresh
+    for name in fresh:
+        assert (ROOT / "k8s" / "examples" / name).read_text() == (tmp_path / name).read_text(), (
+            f"k8s/examples/{name} is stale: run `bash k8s/render.sh`"
+        )
+
+
+def test_k8s_examples_are_valid(crd_schemas):
+    for path in (ROOT / "k8s" / "examples").glob("*.yaml"):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if not doc:
+                continue
+            if doc["kind"] in CUSTOM_KINDS:
+                assert validate_crd(doc, crd_schemas) == [], path
+            else:
+                validate_builtin(doc)
+
+
+def test_chart_notes_render(tmp_path):
+    proc = run_helm("install", "demo", str(CHART), "--dry-run=client", "--namespace", "ml", check=False)
+    assert proc.returncode == 0, proc.stderr
+    notes = proc.stdout.split("NOTES:", 1)[1]
+    assert "RayJob demo-vft" in notes and "token" in notes

@@ -1,0 +1,106 @@
+"""`vft train` as a user runs it: real subprocesses, real exit codes, a real local Ray cluster."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from trainer.components.runlog import read_metrics_csv
+
+ROOT = Path(__file__).resolve().parents[2]
+VFT = [sys.executable, "-m", "trainer.cli"]
+
+
+def run_vft(*args, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*VFT, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=ROOT, **kwargs
+    )
+
+
+def test_bad_config_exits_2_without_creating_the_run_dir(digits_dir, tmp_path):
+    base = [
+        "train",
+        ROOT / "configs/digits.yaml",
+        f"data.train={digits_dir}/train",
+        f"data.val={digits_dir}/val",
+        f"run.storage={tmp_path}",
+        "--name",
+        "bad",
+    ]
+    cases = {
+        "optim.lr=-1": "optim.lr",
+        "optim.lrr=0.1": "optim.lrr: unknown key",
+        "train.precision=fp8": "'bf16', 'fp16' or 'fp32'",
+        "model.name=resnet18x": "model.name",
+        "data.train=/no/such/folder": "data.train",
+    }
+    for override, expected in cases.items():
+        result = run_vft(*base, override)
+        assert result.returncode == 2, (override, result.stderr)
+        assert expected in result.stderr, (override, result.stderr)
+    assert not (tmp_path / "bad").exists()
+    missing = run_vft("train", tmp_path / "nope.yaml")
+    assert missing.returncode == 2 and "nope.yaml" in missing.stderr
+
+
+def test_interrupted_run_resumes_from_its_saved_epoch(digits_dir, tmp_path):
+    args = [
+        "train",
+        ROOT / "configs/digits.yaml",
+        f"data.train={digits_dir}/train",
+        f"data.val={digits_dir}/val",
+        f"run.storage={tmp_path}",
+        "train.epochs=4",
+        "--name",
+        "resume",
+        "--quiet",
+    ]
+    run_dir = tmp_path / "resume"
+    first = subprocess.Popen(
+        [*VFT, *map(str, args)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and first.poll() is None:
+        if len(read_metrics_csv(str(run_dir / "metrics.csv"))) >= 1:
+            break
+        time.sleep(0.5)
+    assert first.poll() is None, f"run ended before it could be interrupted:\n{first.stdout.read()}"
+    os.killpg(first.pid, signal.SIGINT)  # Ctrl-C
+    try:
+        first.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    before = read_metrics_csv(str(run_dir / "metrics.csv"))
+    assert 1 <= len(before) < 4, before
+
+    second = run_vft(*args, timeout=300)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert f"after epoch {len(before)}" in second.stderr
+    after = read_metrics_csv(str(run_dir / "metrics.csv"))
+    assert [row["epoch"] for row in after] == [1, 2, 3, 4]
+    assert after[: len(before)] == before  # finished epochs were not run again
+
+
+def test_unusable_datasets_exit_2_before_any_cluster_starts(digits_dir, tmp_path):
+    extra = tmp_path / "val"
+    shutil.copytree(digits_dir / "val", extra)
+    (extra / "3").rename(extra / "three")
+    base = ["train", ROOT / "configs/digits.yaml", f"run.storage={tmp_path}", "--name", "data"]
+    result = run_vft(*base, f"data.train={digits_dir}/train", f"data.val={extra}")
+    assert result.returncode == 2 and "data.val" in result.stderr and "three" in result.stderr
+    single = tmp_path / "single"
+    shutil.copytree(digits_dir / "train" / "1", single / "1")
+    result = run_vft(*base, f"data.train={single}", "data.val=null")
+    assert result.returncode == 2 and "at least 2" in result.stderr
+    assert not (tmp_path / "data").exists()

@@ -1,0 +1,181 @@
+"""End-to-end training on a real local Ray cluster (2 DDP workers, gloo, CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from trainer.cli import app
+from trainer.components.runlog import read_metrics_csv
+
+ROOT = Path(__file__).resolve().parents[2]
+runner = CliRunner()
+
+
+def vft(*args: str):
+    result = runner.invoke(app, [str(a) for a in args])
+    return result
+
+
+def digits_args(digits_dir: Path, storage: Path, *extra: str) -> list[str]:
+    return [
+        "train",
+        ROOT / "configs/digits.yaml",
+        f"data.train={digits_dir}/train",
+        f"data.val={digits_dir}/val",
+        f"run.storage={storage}",
+        "--quiet",
+        *extra,
+    ]
+
+
+def test_digits_reaches_90_percent_top1(digits_run):
+    history = read_metrics_csv(str(digits_run / "metrics.csv"))
+    assert [row["epoch"] for row in history] == list(range(1, 7))
+    assert max(row["val/top1"] for row in history) >= 0.90
+
+
+def test_run_dir_follows_the_contract(digits_run):
+    for sub in ("best", "last"):
+        for name in ("model.safetensors", "meta.json", "state.pt"):
+            assert (digits_run / sub / name).is_file(), f"{sub}/{name}"
+    assert (digits_run / "config.yaml").is_file()
+    assert (digits_run / "plots" / "learning_curves.png").stat().st_size > 1000
+    assert (digits_run / "plots" / "confusion_matrix.png").stat().st_size > 1000
+    meta = json.loads((digits_run / "best" / "meta.json").read_text())
+    assert meta["classes"] == [str(d) for d in range(10)]
+    assert meta["model"] == {**meta["model"], "name": "resnet18", "source": "timm"}
+    prep = meta["preprocessing"]
+    assert prep["input_size"] == 32 and prep["crop_pct"] == 1.0
+    assert prep["interpolation"] == "bicubic"  # from resnet18's pretrained config, not overridden
+    assert len(prep["mean"]) == 3 and len(prep["std"]) == 3
+    history = read_metrics_csv(str(digits_run / "metrics.csv"))
+    best_row = max(history, key=lambda r: r["val/top1"])
+    assert meta["monitor"]["metric"] == "val/top1"
+    assert meta["monitor"]["value"] == pytest.approx(best_row["val/top1"], abs=1e-5)
+    assert len(meta["metrics"]["confusion"]) == 10 and len(meta["metrics"]["per_class_acc"]) == 10
+    # Ray Train keeps run.keep_checkpoints of its own checkpoints
+    assert len(list(digits_run.glob("checkpoint_epoch_*"))) == 2
+
+
+def test_weights_from_a_previous_run_continue_fine_tuning(digits_run, digits_dir, tmp_path):
+    """A linear probe on top of the previous run's backbone is accurate after one epoch,
+    which a randomly initialised backbone cannot be."""
+    result = vft(
+        *digits_args(
+            digits_dir,
+            tmp_path,
+            f"model.weights={digits_run}",
+            "finetune.strategy=linear_probe",
+            "train.epochs=1",
+            "schedule.warmup_epochs=0",
+            "--name",
+            "probe",
+        )
+    )
+    assert result.exit_code == 0, result.output
+    history = read_metrics_csv(str(tmp_path / "probe" / "metrics.csv"))
+    assert history[0]["val/top1"] >= 0.9
+
+
+def test_ddp_gradual_unfreeze_on_shapes(ray_cluster, shapes_dir, tmp_path):
+    """2 DDP workers, gradual unfreezing (DDP re-wrapped per stage), EMA, label smoothing."""
+    result = vft(
+        "train",
+        ROOT / "configs/shapes.yaml",
+        f"data.train={shapes_dir}/train",
+        f"data.val={shapes_dir}/val",
+        f"run.storage={tmp_path}",
+        "--name",
+        "shapes",
+        "--quiet",
+    )
+    assert result.exit_code == 0, result.output
+    history = read_metrics_csv(str(tmp_path / "shapes" / "metrics.csv"))
+    assert len(history) == 10
+    assert max(row["val/top1"] for row in history) >= 0.50
+
+
+def test_corrupt_image_is_an_error_naming_the_file(ray_cluster, digits_dir, tmp_path):
+    data = tmp_path / "data"
+    for split in ("train", "val"):
+        shutil.copytree(digits_dir / split, data / split)
+    bad = data / "train" / "3" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
+    storage = tmp_path / "runs"
+    args = [
+        "train",
+        ROOT / "configs/digits.yaml",
+        f"data.train={data}/train",
+        f"data.val={data}/val",
+        f"run.storage={storage}",
+        "train.epochs=1",
+        "--quiet",
+    ]
+    result = vft(*args, "--name", "strict")
+    assert result.exit_code == 2
+    assert "broken.png" in result.output and "cannot decode" in result.output
+
+    result = vft(*args, "data.skip_bad_images=true", "--name", "lenient")
+    assert result.exit_code == 0, result.output
+    history = read_metrics_csv(str(storage / "lenient" / "metrics.csv"))
+    assert history[0]["data/skipped_images"] == 1
+
+
+def test_a_killed_worker_restarts_from_the_latest_checkpoint(ray_cluster, digits_dir, tmp_path):
+    """FailureConfig(run.max_failures): Ray Train restarts the worker group, which resumes from
+    the latest checkpoint instead of epoch 1."""
+    from ray.util.state import list_actors
+
+    outcome = {}
+    args = digits_args(digits_dir, tmp_path, "train.epochs=3", "run.max_failures=1", "--name", "ft")
+    thread = threading.Thread(target=lambda: outcome.setdefault("result", vft(*args)))
+    thread.start()
+    metrics = tmp_path / "ft" / "metrics.csv"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and len(read_metrics_csv(str(metrics))) < 1:
+        time.sleep(0.5)
+    first_epoch = read_metrics_csv(str(metrics))[0]
+    workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    assert len(workers) == 2
+    os.kill(workers[0].pid, signal.SIGKILL)
+    thread.join(timeout=300)
+    assert outcome["result"].exit_code == 0, outcome["result"].output
+    history = read_metrics_csv(str(metrics))
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    assert history[0] == first_epoch  # epoch 1 was not trained again after the restart
+
+
+def test_multilabel_csv_manifest_trains_with_bce(ray_cluster, digits_dir, tmp_path):
+    """CSV manifest with several labels per image (`7;odd`): BCE, multilabel metrics, val/map."""
+    lines = ["path,label"]
+    for image in sorted((digits_dir / "train").glob("*/*.png")):
+        digit = int(image.parent.name)
+        lines.append(f"{image.relative_to(digits_dir)},{digit};{'even' if digit % 2 == 0 else 'odd'}")
+    (digits_dir / "multilabel.csv").write_text("\n".join(lines) + "\n")
+    result = vft(
+        "train",
+        ROOT / "configs/digits.yaml",
+        f"data.train={digits_dir}/multilabel.csv",
+        "data.val=null",
+        "data.multilabel=true",
+        "train.epochs=3",
+        f"run.storage={tmp_path}",
+        "--name",
+        "multi",
+        "--quiet",
+    )
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "multi" / "best" / "meta.json").read_text())
+    assert meta["multilabel"] is True and meta["monitor"]["metric"] == "val/map"
+    assert sorted(meta["classes"]) == sorted([str(d) for d in range(10)] + ["even", "odd"])
+    history = read_metrics_csv(str(tmp_path / "multi" / "metrics.csv"))
+    assert max(row["val/map"] for row in history) >= 0.6

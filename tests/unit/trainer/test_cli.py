@@ -1,0 +1,48 @@
+"""The `vft` console script as a user runs it: real subprocesses, real exit codes. Only the
+commands that start no Ray cluster (`vft validate`, `vft ls`); `vft train` runs are in
+tests/integration/test_cli_train.py."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[3]
+VFT = [sys.executable, "-m", "trainer.cli"]
+
+
+def run_vft(*args, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*VFT, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=ROOT, **kwargs
+    )
+
+
+def test_validate_prints_the_resolved_config(digits_dir):
+    result = run_vft(
+        "validate",
+        ROOT / "configs/digits.yaml",
+        f"data.train={digits_dir}/train",
+        f"data.val={digits_dir}/val",
+        "optim.lr=3e-4",
+        "train.epochs=5",
+    )
+    assert result.returncode == 0, result.stderr
+    resolved = yaml.safe_load(result.stdout)
+    assert resolved["optim"]["lr"] == 3e-4 and resolved["train"]["epochs"] == 5
+    assert resolved["train"]["monitor"] == "val/top1" and resolved["train"]["mode"] == "max"
+    assert resolved["run"]["name"] == "digits"
+
+
+def test_ls_lists_registered_names():
+    models = run_vft("ls", "models", "resnet1[08]")
+    assert models.returncode == 0
+    row = next(line for line in models.stdout.splitlines() if " resnet18 " in line)
+    assert "timm" in row and "torchvision" in row
+    assert "vit_base_patch16_224" not in models.stdout
+    optimizers = run_vft("ls", "optimizers").stdout.split()
+    assert {"sgd", "adam", "adamw", "lamb"} <= set(optimizers)
+    schedulers = run_vft("ls", "schedulers").stdout.split()
+    assert set(schedulers) == {"constant", "cosine", "cyclic", "multistep", "onecycle", "plateau", "step"}
