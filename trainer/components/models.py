@@ -8,6 +8,7 @@ mismatch is an error.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from dataclasses import dataclass, field
@@ -69,20 +70,28 @@ def create_model(
     weights: str = "none",
     drop_rate: float = 0.0,
     drop_path_rate: float = 0.0,
+    img_size: int | None = None,
 ) -> BuiltModel:
+    """A classifier for `num_classes`; `img_size` builds models whose architecture depends on the
+    input size (ViT, DINOv2, Swin, ...) for that size, pretrained position embeddings and
+    relative-position tables resampled by timm on load."""
     resolved = resolve_source(name, source)
     if resolved is None:
         raise ValueError(f"unknown model '{name}' (source {source}); see `vft ls models`")
-    build = _build_timm if resolved == "timm" else _build_torchvision
-    built = build(name, num_classes, weights == "hub", drop_rate, drop_path_rate)
+    if resolved == "timm":
+        built = _build_timm(name, num_classes, weights == "hub", drop_rate, drop_path_rate, img_size)
+    else:
+        built = _build_torchvision(name, num_classes, weights == "hub", drop_rate, drop_path_rate)
     if weights not in ("none", "hub"):
         state = read_weights(weights, expect_model=name)
         load_weights(built.module, state, built.head)
     return built
 
 
-def _build_timm(name: str, num_classes: int, pretrained: bool, drop_rate: float, drop_path: float):
-    kwargs = {"drop_rate": drop_rate}
+def _build_timm(
+    name: str, num_classes: int, pretrained: bool, drop_rate: float, drop_path: float, img_size: int | None
+):
+    kwargs = {"drop_rate": drop_rate, **size_kwargs(name, img_size)}
     if drop_path:
         kwargs["drop_path_rate"] = drop_path
     try:
@@ -93,7 +102,10 @@ def _build_timm(name: str, num_classes: int, pretrained: bool, drop_rate: float,
         raise WeightsError(f"model.weights: cannot load hub weights for '{name}' ({exc})") from exc
     head = model.pretrained_cfg.get("classifier") or _last_classifier(model, num_classes)
     heads = (head,) if isinstance(head, str) else tuple(head)
-    return BuiltModel(model, name, "timm", heads, dict(timm.data.resolve_model_data_config(model)))
+    defaults = dict(timm.data.resolve_model_data_config(model))
+    if "img_size" in kwargs:  # built for this size: its pretrained config still names the old one
+        defaults["input_size"] = (3, img_size, img_size)
+    return BuiltModel(model, name, "timm", heads, defaults)
 
 
 def _build_torchvision(name: str, num_classes: int, pretrained: bool, drop_rate: float, drop_path: float):
@@ -240,3 +252,51 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], head: tuple[s
         log.warning("dropped head weights with other shapes (new head): %s", ", ".join(dropped))
     model.load_state_dict({k: v for k, v in state.items() if k not in dropped}, strict=False)
     return dropped
+
+
+# ----------------------------------------------------------------------------- input size
+
+
+@cache
+def takes_img_size(name: str) -> bool:
+    """Whether timm builds `name` for a given input size (its class takes `img_size`)."""
+    with torch.device("meta"):
+        model = timm.create_model(name, pretrained=False)
+    return "img_size" in inspect.signature(type(model).__init__).parameters
+
+
+def size_kwargs(name: str, img_size: int | None) -> dict:
+    """timm's `img_size` argument for models built for an input size, else nothing."""
+    return {"img_size": img_size} if img_size and takes_img_size(name) else {}
+
+
+def input_size_error(name: str, source: str, size: int) -> str | None:
+    """Why the classifier `name` cannot take size x size inputs (None when it can): it is built
+    for that size and run once on the meta device (shapes only, no memory, no compute)."""
+    try:
+        with torch.device("meta"):
+            if resolve_source(name, source) == "timm":
+                model = timm.create_model(name, pretrained=False, num_classes=2, **size_kwargs(name, size))
+            else:
+                model = tvm.get_model(name, weights=None, num_classes=2)
+            model.eval()(torch.empty(1, 3, size, size))
+    except Exception as exc:  # noqa: BLE001 - any failure means this size does not work
+        return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+    return None
+
+
+def nearest_input_sizes(name: str, source: str, size: int, span: int = 64, tries: int = 24) -> list[int]:
+    """The closest sizes below and above `size` (within `span`) that the model takes, trying
+    multiples of common patch sizes and strides first."""
+    candidates = sorted(
+        {k * m for k in (7, 8, 14, 16, 32) for m in range(1, (size + span) // k + 1)} - {size},
+        key=lambda c: (abs(c - size), c),
+    )
+    found: dict[bool, int] = {}  # above size? -> the closest size that works on that side
+    for candidate in [c for c in candidates if abs(c - size) <= span and c >= 8][:tries]:
+        side = candidate > size
+        if side not in found and input_size_error(name, source, candidate) is None:
+            found[side] = candidate
+            if len(found) == 2:
+                break
+    return sorted(found.values())

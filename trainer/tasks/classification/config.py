@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from trainer.components.models import list_models, resolve_source
+from trainer.components.models import input_size_error, list_models, nearest_input_sizes, resolve_source
 from trainer.config import (
     CropAugmentConfig,
     ImageInputDataConfig,
@@ -91,9 +91,21 @@ class ClassificationConfig(VftConfig):
             raise ValueError(f"train.monitor: {ROBUST_METRIC} needs train.robust_val=true")
         if self.loss.name == "bce" and not self.data.multilabel:
             raise ValueError("loss.name: 'bce' needs data.multilabel=true (use cross_entropy otherwise)")
+        if self.data.img_size is not None:
+            check_input_size(self.model.name, self.model.source, self.data.img_size)
         aug = self.data.augment
         for field in ("mixup_alpha", "cutmix_alpha"):
             if getattr(aug, field) and (self.data.multilabel or self.loss.name == "focal"):
                 why = "data.multilabel" if self.data.multilabel else "loss.name 'focal'"
                 raise ValueError(f"data.augment.{field}: mixed (soft) targets do not work with {why}")
         return self
+
+
+def check_input_size(name: str, source: str, size: int) -> None:
+    """ValueError naming data.img_size, what the model said and the nearest sizes it takes."""
+    error = input_size_error(name, source, size)
+    if error is None:
+        return
+    nearest = nearest_input_sizes(name, source, size)
+    hint = f"nearest sizes it takes: {', '.join(map(str, nearest))}" if nearest else "try its default size"
+    raise ValueError(f"data.img_size: {name} cannot take {size}x{size} inputs ({error}); {hint}")

@@ -51,7 +51,9 @@ class Classification(Task):
 
     def build_model(self, cfg, num_classes: int) -> BuiltModel:
         m = cfg.model
-        return create_model(m.name, num_classes, m.source, m.weights, m.drop_rate, m.drop_path_rate)
+        return create_model(
+            m.name, num_classes, m.source, m.weights, m.drop_rate, m.drop_path_rate, cfg.data.img_size
+        )
 
     def model_names(self, pattern: str | None = None) -> list[tuple[str, str]]:
         return [(name, ", ".join(model_sources(name))) for name in list_models(pattern)]
@@ -73,7 +75,11 @@ class Classification(Task):
         m = cfg.model
         return {
             "multilabel": cfg.data.multilabel,
-            "model": {"drop_rate": m.drop_rate, "drop_path_rate": m.drop_path_rate},
+            "model": {
+                "drop_rate": m.drop_rate,
+                "drop_path_rate": m.drop_path_rate,
+                "img_size": cfg.data.img_size,
+            },
         }
 
     def extra_val_metrics(self, cfg, model, loader, ctx: EvalContext) -> dict[str, float]:
@@ -81,7 +87,9 @@ class Classification(Task):
 
     def rebuild_model(self, meta: dict) -> torch.nn.Module:
         m = meta["model"]
-        return create_model(m["name"], meta["num_classes"], m["source"], "none").module
+        return create_model(
+            m["name"], meta["num_classes"], m["source"], "none", img_size=m.get("img_size")
+        ).module
 
     def postprocess(self, outputs: torch.Tensor, meta: dict) -> torch.Tensor:
         """Class probabilities: softmax, or per-label sigmoid for multilabel logits."""

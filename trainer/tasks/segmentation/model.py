@@ -14,7 +14,13 @@ import torch.nn.functional as F
 import torchvision.models as tvm
 from torch import nn
 
-from trainer.components.models import BuiltModel, _torchvision_default_weights, load_weights, read_weights
+from trainer.components.models import (
+    BuiltModel,
+    _torchvision_default_weights,
+    load_weights,
+    read_weights,
+    size_kwargs,
+)
 from trainer.errors import WeightsError
 
 TORCHVISION_SEGMENTERS = (
@@ -52,15 +58,22 @@ def seg_logits(outputs) -> torch.Tensor:
 
 
 def create_segmenter(
-    name: str, num_classes: int, weights: str = "none", aux_loss: bool = False, source: str = "auto"
+    name: str,
+    num_classes: int,
+    weights: str = "none",
+    aux_loss: bool = False,
+    source: str = "auto",
+    img_size: int | None = None,
 ) -> BuiltModel:
+    """`img_size` builds a U-Net encoder whose architecture depends on the input size (a ViT or
+    Swin) for that size."""
     resolved = segmenter_source(name, source)
     if resolved is None:
         raise ValueError(f"unknown segmentation model '{name}'; allowed: {', '.join(list_segmenters())}")
     if resolved == "torchvision":
         built = _build_torchvision(name, num_classes, weights == "hub", aux_loss)
     else:
-        built = _build_unet(name, num_classes, weights == "hub")
+        built = _build_unet(name, num_classes, weights == "hub", img_size)
     if weights not in ("none", "hub"):
         load_weights(built.module, read_weights(weights, expect_model=name), built.head)
     return built
@@ -132,10 +145,12 @@ class UNet(nn.Module):
         return F.interpolate(self.classifier(y), size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def _build_unet(name: str, num_classes: int, pretrained: bool) -> BuiltModel:
+def _build_unet(name: str, num_classes: int, pretrained: bool, img_size: int | None = None) -> BuiltModel:
     encoder_name = name.removeprefix(UNET_PREFIX)
     try:
-        encoder = timm.create_model(encoder_name, pretrained=pretrained, features_only=True)
+        encoder = timm.create_model(
+            encoder_name, pretrained=pretrained, features_only=True, **size_kwargs(encoder_name, img_size)
+        )
     except (OSError, RuntimeError, ValueError) as exc:
         if not pretrained:
             raise ValueError(f"model.name: '{encoder_name}' cannot serve as a U-Net encoder ({exc})") from exc

@@ -92,7 +92,7 @@ class Segmentation(Task):
     # -- model
     def build_model(self, cfg, num_classes: int) -> BuiltModel:
         m = cfg.model
-        return create_segmenter(m.name, num_classes, m.weights, m.aux_loss, m.source)
+        return create_segmenter(m.name, num_classes, m.weights, m.aux_loss, m.source, cfg.data.img_size)
 
     def model_names(self, pattern: str | None = None) -> list[tuple[str, str]]:
         names = filter_names(list_segmenters(), pattern)
@@ -118,8 +118,9 @@ class Segmentation(Task):
 
     def rebuild_model(self, meta: dict) -> torch.nn.Module:
         m = meta["model"]
+        aux_loss = meta["segmentation"]["aux_loss"]
         return create_segmenter(
-            m["name"], meta["num_classes"], "none", meta["segmentation"]["aux_loss"], m["source"]
+            m["name"], meta["num_classes"], "none", aux_loss, m["source"], m.get("img_size")
         ).module
 
     @torch.inference_mode()
@@ -135,13 +136,14 @@ class Segmentation(Task):
 
     def meta_fields(self, cfg) -> dict:
         return {
+            "model": {"img_size": cfg.data.img_size},
             "segmentation": {
                 "ignore_index": cfg.data.ignore_index,
                 "mask_interpolation": "nearest",
                 "mask_format": "PNG of class indices, one channel",
                 "output": "logits (N, num_classes, H, W) at the input size; argmax over classes",
                 "aux_loss": cfg.model.aux_loss,
-            }
+            },
         }
 
     # -- export, serving, evaluation (called by serving/)

@@ -1,0 +1,1 @@
+"""`vft`'s own subcommands, one module each, loaded by `trainer.cli` when invoked."""

@@ -1,0 +1,43 @@
+"""`vft train`: fine-tune on a Ray cluster (resuming RUN_DIR when it holds a checkpoint)."""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from trainer.config import load_config
+from trainer.console import err, fail, out
+from trainer.driver import RunFailed, run_dir_of, summary_table
+from trainer.driver import train as run_training
+from trainer.errors import VftError
+from trainer.tasks.base import get_task
+
+
+def train(
+    config: Path,
+    overrides: Annotated[list[str] | None, typer.Argument(help="dotted.key=value")] = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: local cluster)")] = None,
+    name: Annotated[str | None, typer.Option(help="run name (default: the config file's name)")] = None,
+    quiet: Annotated[bool, typer.Option(help="no live progress")] = False,
+) -> None:
+    """Fine-tune on a Ray cluster; resumes RUN_DIR if it holds a checkpoint."""
+    try:
+        cfg = load_config(config, overrides or [], name=name)
+        get_task(cfg.task).check_data(cfg)  # fail fast, before any cluster starts, on an unusable dataset
+    except VftError as exc:
+        fail(str(exc), exc.exit_code)
+    logging.basicConfig(level=logging.WARNING)
+    err.print(f"run dir: {run_dir_of(cfg)}")
+    try:
+        summary = run_training(cfg, address=address, quiet=quiet)
+    except RunFailed as exc:
+        if isinstance(exc.worker_error, VftError):  # bad input found by a worker: its own exit code
+            fail(str(exc.worker_error), exc.worker_error.exit_code)
+        trace = "".join(traceback.format_exception(exc.worker_error)).rstrip()
+        err.print(trace, highlight=False, markup=False)
+        fail(f"training failed: {exc}", 1)
+    out.print(summary_table(summary, cfg))
