@@ -70,15 +70,6 @@ def digits_dir(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def shapes_dir(tmp_path_factory) -> Path:
-    from trainer.components.synthetic import shapes_classification
-
-    out = tmp_path_factory.mktemp("shapes")
-    shapes_classification(out, n_train=2000, n_val=300, size=32, seed=1)
-    return out
-
-
 @pytest.fixture(scope="module")
 def small_coco(tmp_path_factory) -> Path:
     """A tiny COCO detection set (12 train, 4 val images of 48 px): read by the unit tests, damaged

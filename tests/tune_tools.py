@@ -40,6 +40,6 @@ def tune_args(digits_dir: Path, storage: Path, space: Path, name: str, *extra: s
     ]
 
 
-def digits_config(digits_dir: Path):
+def digits_config(digits_dir: Path, *overrides: str):
     data = [f"data.train={digits_dir}/train", f"data.val={digits_dir}/val"]
-    return load_config(ROOT / "configs/digits.yaml", data)
+    return load_config(ROOT / "configs/digits.yaml", [*data, *overrides])

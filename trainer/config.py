@@ -138,11 +138,25 @@ class UnfreezeStage(_Strict):
         return value
 
 
+class LoraSection(_Strict):
+    """Low-rank adapters (strategy 'lora'); the head always trains in full."""
+
+    rank: int = Field(8, ge=1)
+    alpha: float = Field(16.0, gt=0.0, description="adapters scale by alpha / rank")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    targets: list[str] | None = Field(
+        None,
+        description="layers to adapt: names, suffixes (qkv) or globs (blocks.*.mlp.fc1); default per "
+        "family: attention projections for ViTs, 1x1 convs for CNNs",
+    )
+
+
 class FinetuneConfig(_Strict):
-    strategy: Literal["full", "linear_probe", "gradual"] = "full"
+    strategy: Literal["full", "linear_probe", "gradual", "lora"] = "full"
     unfreeze: list[UnfreezeStage] = Field([], validate_default=True)
     layer_decay: float | None = Field(None, gt=0.0, le=1.0)
     head_lr_mult: float = Field(1.0, gt=0.0)
+    lora: LoraSection = LoraSection()
 
     @field_validator("unfreeze")
     @classmethod
@@ -150,15 +164,24 @@ class FinetuneConfig(_Strict):
         cls, stages: list[UnfreezeStage], info: ValidationInfo
     ) -> list[UnfreezeStage]:
         strategy = info.data.get("strategy")
-        if strategy == "gradual":
-            if not stages:
-                raise ValueError("strategy 'gradual' needs at least one stage")
-            epochs = [s.epoch for s in stages]
-            if epochs != sorted(set(epochs)):
-                raise ValueError(f"stage epochs must be strictly increasing, got {epochs}")
-        elif stages:
-            raise ValueError(f"only used by strategy 'gradual', not '{strategy}'")
+        if strategy == "gradual" and not stages:
+            raise ValueError("strategy 'gradual' needs at least one stage")
+        if stages and strategy not in ("gradual", "lora"):
+            raise ValueError(
+                f"only used by strategies 'gradual' and 'lora' (adapters by stage), not '{strategy}'"
+            )
+        epochs = [s.epoch for s in stages]
+        if epochs != sorted(set(epochs)):
+            raise ValueError(f"stage epochs must be strictly increasing, got {epochs}")
         return stages
+
+    @field_validator("lora")
+    @classmethod
+    def _lora_needs_strategy(cls, lora: LoraSection, info: ValidationInfo) -> LoraSection:
+        strategy = info.data.get("strategy")
+        if strategy != "lora" and lora != LoraSection():  # a dumped config repeats the defaults
+            raise ValueError(f"only used by strategy 'lora', not '{strategy}'")
+        return lora
 
 
 class OptimConfig(_Strict):

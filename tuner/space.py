@@ -19,6 +19,7 @@ params:                     # dotted config keys, one distribution each
   data.batch_size: {choice: [32, 64, 128]}
   model.drop_rate: {quniform: [0.0, 0.5, 0.1]}
   finetune.unfreeze.0.epoch: {randint: [1, 4]}     # list items by index; upper bound exclusive
+  finetune.lora.rank: {choice: [4, 8, 16]}          # with finetune.strategy: lora
   loss.label_smoothing: {grid: [0.0, 0.1]}
 ```
 

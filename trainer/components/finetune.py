@@ -1,6 +1,7 @@
-"""Fine-tuning controls: which parameters train when (full, linear_probe, gradual unfreezing),
-their learning-rate scales (layer-wise decay, head multiplier, per-stage multiplier), the
-no-weight-decay set, and BatchNorm kept in eval mode while its block is frozen.
+"""Fine-tuning controls: which parameters train when (full, linear_probe, gradual unfreezing,
+LoRA adapters at once or by stage), their learning-rate scales (layer-wise decay, head
+multiplier, per-stage multiplier), the no-weight-decay set, and BatchNorm kept in eval mode
+while its block is frozen.
 
 A model is seen as a head (the classifier) and blocks ordered bottom (stem) to top. timm
 models use their own `group_matcher` (coarse stages for freezing, fine layers for layer
@@ -115,10 +116,10 @@ def stage_of_block(layout: ParamLayout, strategy: str, stages: list[Stage]) -> l
     """For each block (bottom -> top): the stage index that unfreezes it (0 = from the start,
     1.. = `stages[i-1]`), or None when it never trains."""
     n = len(layout.blocks)
-    if strategy == "full":
-        return [0] * n
+    if strategy == "full" or (strategy == "lora" and not stages):
+        return [0] * n  # LoRA: the blocks hold only their adapters (the base weights are frozen)
     owner: list[int | None] = [None] * n
-    if strategy == "gradual":
+    if strategy in ("gradual", "lora"):
         top = n
         for i, stage in enumerate(stages, start=1):
             count = top if stage.blocks == "all" else min(int(stage.blocks), top)

@@ -24,9 +24,13 @@ def open_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     name: str | None = None,
     formats: Collection[str] | None = None,
+    min_side: int | None = None,
 ):
     """Decode `source` (a path or raw bytes) to an RGB PIL image, or raise BadImageError.
-    `formats` (Pillow names: JPEG, PNG, ...) limits what is accepted."""
+    `formats` (Pillow names: JPEG, PNG, ...) limits what is accepted. With `min_side`, a JPEG
+    is decoded at the smallest DCT scale (1/2, 1/4, 1/8: libjpeg's draft mode) that keeps both
+    sides at least `min_side` pixels: a camera photo headed for a 224-px crop decodes several
+    times faster, with the downscale done in the frequency domain."""
     label = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
     fp = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
@@ -42,6 +46,8 @@ def open_image(
                     raise ImageTooLargeError(
                         f"{label}: {width}x{height} = {width * height} pixels exceeds the limit {max_pixels}"
                     )
+                if min_side and img.format == "JPEG":
+                    img.draft("RGB", (min_side, min_side))
                 img = ImageOps.exif_transpose(img)
                 return to_rgb(img)
     except BadImageError:

@@ -84,6 +84,18 @@ def _normalize(p: Preprocessing) -> list:
     return [T.ToDtype(torch.float32, scale=True), T.Normalize(mean=list(p.mean), std=list(p.std))]
 
 
+def eval_decode_side(p: Preprocessing) -> int:
+    """The shorter side an image needs for `eval_transform` without upsampling."""
+    return p.resize_size
+
+
+def train_decode_side(p: Preprocessing, aug) -> int:
+    """The shorter side an image needs so the smallest crop RandomResizedCrop can take (area
+    `scale[0]`, the most extreme aspect in `ratio`) still covers `input_size` pixels."""
+    narrowest = aug.scale[0] * min(aug.ratio[0], 1 / aug.ratio[1], 1.0)
+    return math.ceil(p.input_size / math.sqrt(narrowest))
+
+
 def eval_transform(p: Preprocessing) -> T.Compose:
     interp = _INTERP[p.interpolation]
     return T.Compose(

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from trainer.components.finetune import ParamLayout, Stage, param_groups, param_layout
 from trainer.components.loader import make_loader
+from trainer.components.lora import LoraSettings, apply_lora
 from trainer.components.models import BuiltModel
 from trainer.components.optim import create_optimizer
 from trainer.components.precision import resolve_precision
@@ -21,6 +22,7 @@ from trainer.components.preprocess import Preprocessing
 from trainer.components.schedules import LrSchedule, ScheduleSpec, create_schedule
 from trainer.config import VftConfig
 from trainer.engine.step import TrainStep
+from trainer.errors import ConfigError
 from trainer.tasks.base import DataSplit, Metrics, Task, get_task
 
 
@@ -43,6 +45,7 @@ class Job:
     metrics: Metrics
     stages: list[Stage]
     layout: ParamLayout
+    feature_head: str | None = None  # cached linear probe: the module trained on cached features
     trainable: set[str] = field(default_factory=set)
     history: list[dict] = field(default_factory=list)
     best: dict = field(default_factory=dict)
@@ -60,6 +63,10 @@ def setup(cfg: VftConfig, rank: int, world: int, device: torch.device) -> Job:
     split = task.read_data(cfg)
     built = task.build_model(cfg, len(split.classes))
     prep = task.build_preprocessing(cfg, built)
+    if f.strategy == "lora":
+        lora = f.lora
+        targets = tuple(lora.targets) if lora.targets is not None else None
+        built = _setup_lora(built, LoraSettings(lora.rank, lora.alpha, lora.dropout, targets))
     _setup_model(built, device=device, sync_bn=t.sync_bn and world > 1, channels_last=t.channels_last)
     train_loader, val_loader = _setup_data(
         task,
@@ -141,7 +148,15 @@ def setup(cfg: VftConfig, rank: int, world: int, device: torch.device) -> Job:
         metrics=metrics,
         stages=stages,
         layout=layout,
+        feature_head=task.feature_head(cfg, built),
     )
+
+
+def _setup_lora(built: BuiltModel, settings: LoraSettings) -> BuiltModel:
+    try:
+        return apply_lora(built, settings)
+    except ValueError as exc:  # a configured target that matches nothing
+        raise ConfigError(str(exc)) from exc
 
 
 def _setup_model(built: BuiltModel, *, device: torch.device, sync_bn: bool, channels_last: bool) -> None:

@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from trainer.components import checkpoint as ckpt
+from trainer.components.feature_cache import extract_features
 from trainer.components.finetune import apply_trainable, freeze_frozen_batchnorm, trainable_names
 from trainer.components.precision import autocast, to_device
 from trainer.config import build_config
@@ -34,12 +35,14 @@ def train_worker(loop_config: dict) -> None:
     run_dir, t = loop_config["run_dir"], cfg.train
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    seed_everything(t.seed + rank)
+    seed_everything(t.seed)  # every rank builds the same model (a LoRA resume rebuilds its base)
     job = setup(cfg, rank, world, ray.train.torch.get_device())
     with latest_checkpoint(ray.train.get_checkpoint(), ckpt.join(run_dir, "last")) as directory:
         if directory is not None:
             restore(job, directory)
     progress = WorkerProgress(loop_config.get("board") if rank == 0 else None)
+    if job.feature_head is not None and job.start_epoch < t.epochs:
+        cache_features(job)
     for epoch in range(job.start_epoch, t.epochs):
         seed_everything(t.seed + 1000 * epoch + rank)
         set_stage(job, epoch)
@@ -71,6 +74,21 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def cache_features(job: Job) -> None:
+    """Cached linear probe: the backbone runs once over this worker's shard; from here on the
+    training batches are its features and the forward pass is the head's."""
+    head = job.model.get_submodule(job.feature_head)
+    job.train_loader = extract_features(
+        job.model,
+        head,
+        job.train_loader,
+        job.device,
+        job.precision,
+        job.step.memory_format,
+        job.cfg.train.seed + job.rank,
+    )
+
+
 def set_stage(job: Job, epoch: int) -> None:
     """Freeze/unfreeze for this epoch; re-wrap DDP (and compile) when the trainable set changes,
     since DDP registers gradient hooks only for parameters that train when it is built."""
@@ -79,10 +97,11 @@ def set_stage(job: Job, epoch: int) -> None:
         return
     job.trainable = names
     apply_trainable(job.model, names)
-    wrapped: nn.Module = job.model
+    wrapped: nn.Module
+    wrapped = trained = job.model if job.feature_head is None else job.model.get_submodule(job.feature_head)
     if job.world > 1:
         ids = [job.device.index] if job.device.type == "cuda" else None
-        wrapped = DistributedDataParallel(job.model, device_ids=ids)
+        wrapped = DistributedDataParallel(trained, device_ids=ids)
     if job.cfg.train.compile:
         wrapped = torch.compile(wrapped)
     job.step.forward_model = wrapped
@@ -91,8 +110,12 @@ def set_stage(job: Job, epoch: int) -> None:
 def train_one_epoch(job: Job, epoch: int, progress: WorkerProgress) -> dict:
     job.model.train()
     freeze_frozen_batchnorm(job.model)
-    if hasattr(job.train_loader.sampler, "set_epoch"):
-        job.train_loader.sampler.set_epoch(epoch)
+    loader = job.train_loader
+    set_epoch = getattr(loader, "set_epoch", None) or getattr(
+        getattr(loader, "sampler", None), "set_epoch", None
+    )
+    if set_epoch is not None:
+        set_epoch(epoch)
     accum, steps = job.cfg.train.accum_steps, len(job.train_loader)
     loss_sum = torch.zeros((), device=job.device)
     seen, skipped, start = 0, 0, time.perf_counter()

@@ -9,8 +9,10 @@ import tempfile
 from safetensors.torch import load_file
 
 from trainer.components import checkpoint as ckpt
+from trainer.components.lora import adapter_keys, base_fingerprint, has_adapters, merged_state_dict
 from trainer.components.runlog import write_metrics_csv
 from trainer.engine.assemble import Job
+from trainer.errors import WeightsError
 
 
 def model_meta(job: Job, metrics: dict, epoch: int) -> dict:
@@ -38,6 +40,7 @@ def model_meta(job: Job, metrics: dict, epoch: int) -> dict:
             "device": job.device.type,
             "world_size": job.world,
             "strategy": c.finetune.strategy,
+            **({"lora": _lora_meta(job)} if has_adapters(job.model) else {}),
         },
     )
     return {**meta, **{k: v for k, v in fields.items() if k not in meta}}
@@ -56,19 +59,58 @@ def training_state(job: Job, epoch: int) -> dict:
         "best": job.best,
         "bad_epochs": job.bad_epochs,
     }
-    if step.ema is not None:
+    if has_adapters(job.model):  # the adapters and head alone; the base is rebuilt on resume
+        keep = adapter_keys(job.model, job.built.head)
+        state["adapter"] = {k: v for k, v in job.model.state_dict().items() if k in keep}
+        state["base"] = {
+            "name": job.built.name,
+            "weights": job.cfg.model.weights,
+            "fingerprint": _fingerprint(job),
+        }
+        if step.ema is not None:
+            state["ema"] = {
+                k: v for k, v in step.ema.state_dict().items() if k.removeprefix("module.") in keep
+            }
+    elif step.ema is not None:
         state["model"] = job.model.state_dict()  # model.safetensors holds the EMA weights
         state["ema"] = step.ema.state_dict()
     return state
 
 
+def _fingerprint(job: Job) -> float:
+    return base_fingerprint(job.model, job.built.head)
+
+
+def _lora_meta(job: Job) -> dict:
+    lora = job.cfg.finetune.lora
+    adapters = {n for n in adapter_keys(job.model, job.built.head) if ".lora_" in n}
+    return {
+        "rank": lora.rank,
+        "alpha": lora.alpha,
+        "layers": len({n.split(".lora_")[0] for n in adapters}),
+        "adapter_params": sum(p.numel() for n, p in job.model.named_parameters() if n in adapters),
+        "total_params": sum(p.numel() for p in job.model.parameters()),
+    }
+
+
+def _load_part(module, part: dict, directory: str) -> None:
+    _, unexpected = module.load_state_dict(part, strict=False)
+    if unexpected:
+        raise WeightsError(
+            f"{directory}: adapter tensors this model does not have: {', '.join(unexpected[:5])}"
+        )
+
+
 def restore(job: Job, directory: str) -> None:
     configured = [dict(group) for group in job.step.optimizer.param_groups]
     state = ckpt.read_state(directory)
-    weights = load_file(f"{directory}/{ckpt.MODEL_FILE}")
-    job.model.load_state_dict(state.get("model", weights))
-    if job.step.ema is not None:
-        job.step.ema.load_state_dict(state["ema"])
+    if "adapter" in state:
+        restore_adapters(job, state, directory)
+    else:
+        weights = load_file(f"{directory}/{ckpt.MODEL_FILE}")
+        job.model.load_state_dict(state.get("model", weights))
+        if job.step.ema is not None:
+            job.step.ema.load_state_dict(state["ema"])
     # the optimizer's param groups only exist for parameters that will ever train
     job.step.optimizer.load_state_dict(state["optimizer"])
     job.step.schedule.load_state_dict(state["schedule"])
@@ -78,6 +120,20 @@ def restore(job: Job, directory: str) -> None:
     job.start_epoch = state["epoch"]
     ckpt.set_rng_state(state["rng"])
     keep_configured_hparams(job, configured)
+
+
+def restore_adapters(job: Job, state: dict, directory: str) -> None:
+    """A LoRA checkpoint holds adapters and head only: they go onto the freshly built base,
+    which must be the one they were trained on."""
+    base, now = state["base"], _fingerprint(job)
+    if abs(now - base["fingerprint"]) > 1e-6 * max(abs(base["fingerprint"]), 1.0):
+        raise WeightsError(
+            f"{directory}: its adapters were trained on {base['name']} (weights: {base['weights']}), "
+            f"but the base model built now (weights: {job.cfg.model.weights}) has other weights"
+        )
+    _load_part(job.model, state["adapter"], directory)
+    if job.step.ema is not None:
+        _load_part(job.step.ema, state["ema"], directory)
 
 
 def keep_configured_hparams(job: Job, configured: list[dict]) -> None:
@@ -118,7 +174,7 @@ def save_epoch(job: Job, epoch: int, record: dict, tables: dict, is_best: bool, 
     """Rank 0: write the checkpoint to a local folder, publish it as RUN_DIR/last (and
     RUN_DIR/best), rewrite metrics.csv. Returns the local folder for ray.train.report."""
     local = tempfile.mkdtemp(prefix="vft-ckpt-")
-    weights = (job.step.ema.module if job.step.ema is not None else job.model).state_dict()
+    weights = merged_state_dict(job.step.ema.module if job.step.ema is not None else job.model)
     metrics = {k: v for k, v in record.items() if k not in ("epoch", "time")}
     meta = model_meta(job, {**metrics, **tables}, epoch)
     ckpt.write_checkpoint(local, weights, meta, training_state(job, epoch))

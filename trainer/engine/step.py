@@ -7,7 +7,6 @@ import contextlib
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from trainer.components.losses import OutputLoss
 from trainer.components.precision import autocast, to_device
@@ -38,7 +37,9 @@ class TrainStep:
         schedule: LrSchedule | None = None,
         ema=None,
     ):
-        self.forward_model, self.optimizer = model, optimizer
+        # `forward_model` is what the loss calls: the model, its DDP/compiled wrapper, or the
+        # head alone (cached linear probe); the EMA always averages the whole `model`
+        self.model, self.forward_model, self.optimizer = model, model, optimizer
         self.loss = loss if hasattr(loss, "on_outputs") else OutputLoss(loss)
         self.device, self.precision, self.accum_steps = device, precision, accum_steps
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -71,9 +72,4 @@ class TrainStep:
         if self.schedule is not None:
             self.schedule.step_update()
         if self.ema is not None:
-            self.ema.update(_unwrap(self.forward_model), step=self.updates)
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    model = getattr(model, "_orig_mod", model)
-    return model.module if isinstance(model, DistributedDataParallel) else model
+            self.ema.update(self.model, step=self.updates)

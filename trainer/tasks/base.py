@@ -104,6 +104,11 @@ class Task:
         """One class index per training sample for class-balanced sampling, or None."""
         return None
 
+    def feature_head(self, cfg: VftConfig, built: BuiltModel) -> str | None:
+        """Cached linear probe: the module that trains on features the frozen model computes
+        once (its inputs are cached); None trains on images every epoch."""
+        return None
+
     def write_example_data(self, out: Path, n_train: int, n_val: int, size: int, seed: int) -> dict[str, int]:
         """Generated shapes in this task's dataset layout (`vft data shapes`); image counts."""
         raise NotImplementedError

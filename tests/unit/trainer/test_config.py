@@ -298,3 +298,11 @@ def test_shipped_config_validates(config, tmp_path, monkeypatch):
     cfg = load_config(config)
     assert cfg.run.name == config.stem
     assert Path(cfg.data.train).is_absolute()
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_a_dumped_config_validates_again(path, tmp_path):
+    """What the driver sends to the workers (and `vft tune` to its trials) is the dumped config:
+    defaults of strategy-specific sections must not turn into errors on the way."""
+    cfg = build_config(yaml.safe_load(path.read_text()), local_paths=False)
+    assert build_config(cfg.model_dump(mode="json"), local_paths=False) == cfg

@@ -122,3 +122,17 @@ def test_detection_space_fits_the_detection_config(tmp_path):
     assert trial.loss.weights["bbox_regression"] == 1.5 and trial.loss.weights["classification"] == 1.0
     with pytest.raises(ConfigError, match="loss.weights"):
         trial_config(plan, {"loss.weights.bogus": 1.0}, "t_00002")
+
+
+def test_lora_rank_and_alpha_are_tunable(digits_dir):
+    """A LoRA sweep: rank and alpha are checked against the schema like any key, and only for a
+    config whose strategy is lora."""
+    from tuner.space import check_against_config, parse_space
+
+    params = {"finetune.lora.rank": {"choice": [4, 8, 16]}, "finetune.lora.alpha": {"uniform": [4.0, 32.0]}}
+    lora = digits_config(digits_dir, "finetune.strategy=lora")
+    assert set(check_against_config(parse_space({"params": params}), lora).params) == set(params)
+    with pytest.raises(ConfigError, match="params.finetune.lora.rank: value 0"):
+        check_against_config(parse_space({"params": {"finetune.lora.rank": {"choice": [0, 8]}}}), lora)
+    with pytest.raises(ConfigError, match="only used by strategy 'lora'"):
+        check_against_config(parse_space({"params": params}), digits_config(digits_dir))

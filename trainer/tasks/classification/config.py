@@ -9,9 +9,11 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from trainer.components.lora import check_targets
 from trainer.components.models import input_size_error, list_models, nearest_input_sizes, resolve_source
 from trainer.config import (
     CropAugmentConfig,
+    FinetuneConfig,
     ImageInputDataConfig,
     LossConfig,
     ModelConfig,
@@ -55,6 +57,11 @@ class ClassificationData(ImageInputDataConfig):
     augment: ClassificationAugment = ClassificationAugment()
     balanced_sampling: bool = False
     multilabel: bool = False
+    jpeg_draft: bool = Field(
+        True,
+        description="decode JPEGs at the smallest DCT scale (1/2, 1/4, 1/8) that keeps the "
+        "resolution the crop needs: camera photos load several times faster",
+    )
 
 
 class ClassificationLoss(LossConfig):
@@ -67,6 +74,21 @@ class ClassificationLoss(LossConfig):
         return check_name("losses", value, ["auto", *LOSSES])
 
 
+class ClassificationFinetune(FinetuneConfig):
+    cache_features: bool = Field(
+        False,
+        description="linear_probe: run the frozen backbone once and train the head on its kept "
+        "features (training images get the validation transform, no augmentation)",
+    )
+
+    @field_validator("cache_features")
+    @classmethod
+    def _probe_only(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("strategy") != "linear_probe":
+            raise ValueError(f"needs strategy 'linear_probe', not '{info.data.get('strategy')}'")
+        return value
+
+
 class ClassificationTrain(TrainConfig):
     robust_val: bool = Field(False, description=f"also validate under light corruptions: {ROBUST_METRIC}")
 
@@ -76,6 +98,7 @@ class ClassificationConfig(VftConfig):
     model: ClassificationModel = ClassificationModel()
     data: ClassificationData
     loss: ClassificationLoss = ClassificationLoss()
+    finetune: ClassificationFinetune = ClassificationFinetune()
     train: ClassificationTrain = ClassificationTrain()
 
     def metric_names(self) -> list[str]:
@@ -93,12 +116,42 @@ class ClassificationConfig(VftConfig):
             raise ValueError("loss.name: 'bce' needs data.multilabel=true (use cross_entropy otherwise)")
         if self.data.img_size is not None:
             check_input_size(self.model.name, self.model.source, self.data.img_size)
+        lora = self.finetune.lora
+        if self.finetune.strategy == "lora" and lora.targets is not None:
+            check_targets(self.model.name, self.model.source, self.data.img_size, tuple(lora.targets))
         aug = self.data.augment
+        if self.finetune.cache_features:
+            fixed_inputs(self)
         for field in ("mixup_alpha", "cutmix_alpha"):
             if getattr(aug, field) and (self.data.multilabel or self.loss.name == "focal"):
                 why = "data.multilabel" if self.data.multilabel else "loss.name 'focal'"
                 raise ValueError(f"data.augment.{field}: mixed (soft) targets do not work with {why}")
         return self
+
+
+def fixed_inputs(cfg: ClassificationConfig) -> None:
+    """A cached feature stands for its image in every epoch: nothing may change the inputs.
+    Training images get the validation transform (resize and centre crop), so the random crop's
+    `scale` and `ratio` do not apply; any other augmentation is an error."""
+    aug = cfg.data.augment
+    for field in (
+        "hflip",
+        "vflip",
+        "rotation",
+        "color_jitter",
+        "random_erasing",
+        "mixup_alpha",
+        "cutmix_alpha",
+    ):
+        if getattr(aug, field):
+            raise ValueError(
+                f"data.augment.{field}: {getattr(aug, field)} changes the images every epoch; "
+                "a cached probe (finetune.cache_features) needs 0"
+            )
+    if aug.auto_augment != "none":
+        raise ValueError("data.augment.auto_augment: a cached probe (finetune.cache_features) needs 'none'")
+    if cfg.data.balanced_sampling:
+        raise ValueError("data.balanced_sampling: not with finetune.cache_features (images are cached once)")
 
 
 def check_input_size(name: str, source: str, size: int) -> None:

@@ -106,8 +106,9 @@ def class_names(samples: Samples) -> list[str]:
 
 
 class ImageDataset(Dataset):
-    """Decodes on access. A bad image raises BadImageError naming the file, or, with
-    `skip_bad`, yields None, which the collate function drops and counts."""
+    """Decodes on access (JPEGs at reduced DCT scale when `min_side` allows). A bad image raises
+    BadImageError naming the file, or, with `skip_bad`, yields None, which the collate function
+    drops and counts."""
 
     def __init__(
         self,
@@ -117,6 +118,7 @@ class ImageDataset(Dataset):
         multilabel: bool = False,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         skip_bad: bool = False,
+        min_side: int | None = None,
     ):
         index = {c: i for i, c in enumerate(classes)}
         unknown = sorted({lab for labels in samples.labels for lab in labels} - set(index))
@@ -129,6 +131,7 @@ class ImageDataset(Dataset):
         self.transform = transform
         self.max_pixels = max_pixels
         self.skip_bad = skip_bad
+        self.min_side = min_side  # JPEGs decode at the smallest DCT scale keeping this side
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -142,7 +145,7 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, i: int):
         try:
-            img = open_image(self.paths[i], self.max_pixels)
+            img = open_image(self.paths[i], self.max_pixels, min_side=self.min_side)
         except BadImageError:
             if self.skip_bad:
                 return None

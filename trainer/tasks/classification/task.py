@@ -9,8 +9,9 @@ from trainer.components.deploy import OnnxGraph, Thresholds
 from trainer.components.losses import OutputLoss, create_loss
 from trainer.components.models import BuiltModel, create_model, list_models, model_sources
 from trainer.components.parity import logits_failures, logits_parity
-from trainer.components.preprocess import eval_transform, train_transform
+from trainer.components.preprocess import eval_decode_side, eval_transform, train_decode_side, train_transform
 from trainer.components.synthetic import shapes_classification
+from trainer.errors import ConfigError
 from trainer.tasks.base import DataSplit, EvalContext, Task
 from trainer.tasks.classification import export
 from trainer.tasks.classification.augment import batch_mix, erasing_ops, policy_ops
@@ -38,16 +39,31 @@ class Classification(Task):
     def build_datasets(self, cfg, split: DataSplit, prep):
         d = cfg.data
         common = {"multilabel": d.multilabel, "max_pixels": d.max_image_pixels, "skip_bad": d.skip_bad_images}
-        transform = train_transform(
-            prep, d.augment, policy=policy_ops(d.augment), after_normalize=erasing_ops(d.augment)
-        )
-        train = ImageDataset(split.train, split.classes, transform, **common)
-        val = ImageDataset(split.val, split.classes, eval_transform(prep), **common)
+        eval_side = eval_decode_side(prep) if d.jpeg_draft else None
+        if cfg.finetune.cache_features:  # each image's features are computed once: no augmentation
+            transform, train_side = eval_transform(prep), eval_side
+        else:
+            transform = train_transform(
+                prep, d.augment, policy=policy_ops(d.augment), after_normalize=erasing_ops(d.augment)
+            )
+            train_side = train_decode_side(prep, d.augment) if d.jpeg_draft else None
+        train = ImageDataset(split.train, split.classes, transform, min_side=train_side, **common)
+        val = ImageDataset(split.val, split.classes, eval_transform(prep), min_side=eval_side, **common)
         return train, val
 
     def collate(self, cfg, num_classes: int, train: bool) -> Collate:
         mix = batch_mix(cfg.data.augment, num_classes) if train and not cfg.data.multilabel else None
         return Collate(mix)
+
+    def feature_head(self, cfg, built: BuiltModel) -> str | None:
+        if not cfg.finetune.cache_features:
+            return None
+        if len(built.head) != 1:
+            heads = ", ".join(built.head)
+            raise ConfigError(
+                f"finetune.cache_features: {built.name} has several heads ({heads}); turn it off"
+            )
+        return built.head[0]
 
     def build_model(self, cfg, num_classes: int) -> BuiltModel:
         m = cfg.model

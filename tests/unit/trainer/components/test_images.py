@@ -99,3 +99,55 @@ def test_missing_and_non_image_files(tmp_path):
     text.write_text("hello")
     with pytest.raises(BadImageError, match=str(text)):
         open_image(text)
+
+
+# ----------------------------------------------------------------------------- JPEG draft mode
+
+
+def photo(size: tuple[int, int]) -> Image.Image:
+    from sklearn.datasets import load_sample_images
+
+    return Image.fromarray(load_sample_images().images[0]).resize(size, Image.Resampling.BICUBIC)
+
+
+@pytest.mark.parametrize(
+    ("min_side", "decoded"), [(915, (2000, 1500)), (256, (500, 375)), (None, (4000, 3000))]
+)
+def test_jpeg_decodes_at_the_smallest_dct_scale_that_keeps_min_side(min_side, decoded):
+    data = encode(photo((4000, 3000)), "JPEG", quality=90)
+    img = open_image(data, min_side=min_side)
+    assert img.mode == "RGB" and img.size == decoded
+    assert min(img.size) >= (min_side or 0)
+
+
+def test_draft_decoding_keeps_orientation_formats_and_pixels():
+    big = photo((1600, 1200))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    rotated = open_image(encode(big, "JPEG", quality=95, exif=exif), min_side=300)
+    assert rotated.size == (300, 400)  # decoded at 1/4 (400x300), then turned upright
+    assert open_image(encode(big, "PNG"), min_side=300).size == (1600, 1200)  # PNG: no DCT scaling
+    full = np.asarray(open_image(encode(big, "JPEG", quality=95)).resize((400, 300), Image.Resampling.BOX))
+    draft = np.asarray(open_image(encode(big, "JPEG", quality=95), min_side=300))
+    assert np.abs(full.astype(int) - draft.astype(int)).mean() < 3.0  # a downscale, not a crop
+
+
+def test_train_decode_side_keeps_every_random_crop_at_the_input_size():
+    """The decode side for RandomResizedCrop: its smallest crop (scale[0] of the area at the most
+    extreme aspect) still spans input_size pixels, so draft decoding never upsamples a crop."""
+    import torch
+    from torchvision.transforms import v2 as T
+
+    from trainer.components.preprocess import Preprocessing, eval_decode_side, train_decode_side
+    from trainer.config import CropAugmentConfig
+
+    prep = Preprocessing(224, (0.5,) * 3, (0.5,) * 3, "bilinear", 0.875)
+    aug = CropAugmentConfig()
+    side = train_decode_side(prep, aug)
+    assert side == 915 and eval_decode_side(prep) == 256
+    assert train_decode_side(prep, CropAugmentConfig(scale=(0.5, 1.0), ratio=(1.0, 1.0))) == 317
+    torch.manual_seed(0)
+    image = torch.empty(3, side, side * 4 // 3)
+    for _ in range(2000):
+        _, _, h, w = T.RandomResizedCrop.get_params(image, list(aug.scale), list(aug.ratio))
+        assert min(h, w) >= 223  # integer rounding of the crop box

@@ -260,3 +260,21 @@ def test_multilabel_metrics():
     assert scalars["val/accuracy"] == pytest.approx(0.0)
     assert scalars["val/map"] < 1.0
     assert set(scalars) == {n for n in metric_names(multilabel=True) if n.startswith("val/")}
+
+
+def test_datasets_decode_jpegs_at_the_side_their_transforms_need(digits_dir):
+    """data.jpeg_draft (on by default) gives each split the decode side of its transform: the
+    training crop's worst case, the validation resize; off, every JPEG decodes in full."""
+    from trainer.config import load_config
+    from trainer.tasks.base import get_task
+
+    root = Path(__file__).resolve().parents[4]
+    paths = [f"data.train={digits_dir}/train", f"data.val={digits_dir}/val", "data.img_size=224"]
+    task = get_task("classification")
+    # digits.yaml's crop: scale [0.7, 1.0], ratio [3/4, 4/3] -> 224 / sqrt(0.7 * 0.75) = 310
+    for overrides, sides in (([], (310, 256)), (["data.jpeg_draft=false"], (None, None))):
+        cfg = load_config(root / "configs/digits.yaml", [*paths, "data.crop_pct=0.875", *overrides])
+        split = task.read_data(cfg)
+        built = task.build_model(cfg, len(split.classes))
+        train, val = task.build_datasets(cfg, split, task.build_preprocessing(cfg, built))
+        assert (train.min_side, val.min_side) == sides
