@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import sys
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -84,8 +85,23 @@ def create_model(
         built = _build_torchvision(name, num_classes, weights == "hub", drop_rate, drop_path_rate)
     if weights not in ("none", "hub"):
         state = read_weights(weights, expect_model=name)
+        if resolved == "timm":
+            state = resample_to_model(built.module, state, built.head)
         load_weights(built.module, state, built.head)
     return built
+
+
+def resample_to_model(model: nn.Module, state: dict[str, torch.Tensor], head: tuple[str, ...]) -> dict:
+    """Weights from a file or RUN_DIR trained at another input size: the model family's own timm
+    checkpoint filter resamples them (ViT/DINOv2/EVA position embeddings, Swin's relative-position
+    tables), as timm does for hub weights. Applied only when a tensor outside the head differs in
+    shape, so weights that fit load untouched."""
+    own = model.state_dict()
+    if all(k not in own or own[k].shape == v.shape or _in_head(k, head) for k, v in state.items()):
+        return state
+    module = sys.modules[type(model).__module__]
+    fn = getattr(module, "checkpoint_filter_fn", None)
+    return fn(state, model) if fn is not None else state
 
 
 def _build_timm(
@@ -258,11 +274,24 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], head: tuple[s
 
 
 @cache
-def takes_img_size(name: str) -> bool:
-    """Whether timm builds `name` for a given input size (its class takes `img_size`)."""
+def timm_init_params(name: str) -> frozenset[str]:
+    """The keyword arguments the class of timm model `name` takes (built on the meta device)."""
     with torch.device("meta"):
         model = timm.create_model(name, pretrained=False)
-    return "img_size" in inspect.signature(type(model).__init__).parameters
+    return frozenset(inspect.signature(type(model).__init__).parameters)
+
+
+def takes_img_size(name: str) -> bool:
+    """Whether timm builds `name` for a given input size (its class takes `img_size`)."""
+    return "img_size" in timm_init_params(name)
+
+
+def dynamic_size_kwargs(name: str) -> dict:
+    """timm's switches for inputs of any size (ViT, DeiT, DINOv2, EVA: position embeddings
+    resampled per input, the image padded to the patch; Swin: windows padded), for encoders
+    that see variable-size images (detection)."""
+    params = timm_init_params(name)
+    return {key: True for key in ("dynamic_img_size", "dynamic_img_pad") if key in params}
 
 
 def size_kwargs(name: str, img_size: int | None) -> dict:

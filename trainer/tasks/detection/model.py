@@ -20,7 +20,7 @@ from torch import nn
 from torchvision.models import detection as tvd
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7
 
-from trainer.components.models import BuiltModel, load_weights, read_weights
+from trainer.components.models import BuiltModel, dynamic_size_kwargs, load_weights, read_weights
 from trainer.errors import WeightsError
 
 TORCHVISION_DETECTORS = {
@@ -193,16 +193,26 @@ class TimmFpn(nn.Module):
         self.out_channels = out_channels
 
     def forward(self, x: torch.Tensor) -> OrderedDict:
-        return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(self.body(x))))
+        features = self.body(x)
+        if str(getattr(self.body, "output_fmt", "NCHW")).endswith("NHWC"):  # Swin's feature maps
+            features = [f.permute(0, 3, 1, 2) for f in features]
+        return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(features)))
 
 
 def _build_timm(name: str, family: str, num_classes: int, pretrained: bool, size: dict) -> nn.Module:
     encoder_name = name.partition(TIMM_MARK)[2]
-    # Faster R-CNN: strides 4..32 + max-pool level; RetinaNet/FCOS: strides 8..32 + P6/P7
-    indices = (1, 2, 3, 4) if family == "fasterrcnn" else (2, 3, 4)
     try:
+        # images of any size reach the encoder (resized by aspect, padded to 32): size-dependent
+        # encoders (ViT, Swin) resample their position embeddings or pad their windows per input
+        dynamic = dynamic_size_kwargs(encoder_name)
+        # the top levels: Faster R-CNN 4 (strides 4..32 on a CNN) + max-pool level, RetinaNet/FCOS
+        # 3 (8..32) + P6/P7; a ViT's are its last blocks
+        with torch.device("meta"):
+            levels = len(timm.create_model(encoder_name, features_only=True, **dynamic).feature_info)
+        count = 4 if family == "fasterrcnn" else 3
+        indices = tuple(range(max(levels - count, 0), levels))
         encoder = timm.create_model(
-            encoder_name, pretrained=pretrained, features_only=True, out_indices=indices
+            encoder_name, pretrained=pretrained, features_only=True, out_indices=indices, **dynamic
         )
     except (OSError, RuntimeError, ValueError, IndexError) as exc:
         if not pretrained:

@@ -120,3 +120,29 @@ def test_pretrained_dinov2_loads_offline_at_another_size_with_resampled_position
     assert result.returncode == 0, result.stderr[-3000:]
     assert "LOADED (1, 17, 384)" in result.stdout
     assert resample_abs_pos_embed  # the reference the script compares against
+
+
+@pytest.mark.parametrize(
+    ("name", "trained", "size"),
+    [("vit_tiny_patch16_224", 32, 48), ("swin_tiny_patch4_window7_224", 224, 160)],
+)
+def test_file_weights_from_another_size_are_resampled_on_load(tmp_path, name, trained, size):
+    """model.weights=<file> of a model trained at another size: timm's checkpoint filter for
+    the family resamples position embeddings (ViT) and relative-position tables (Swin) instead
+    of failing on their shapes; every other tensor loads as saved."""
+    torch.manual_seed(0)
+    source = create_model(name, 5, img_size=trained).module
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    model = create_model(name, 3, weights=str(path), img_size=size).module.eval()
+    assert model(torch.randn(1, 3, size, size)).shape == (1, 3)
+    own, saved = model.state_dict(), source.state_dict()
+    if name.startswith("vit"):
+        grid = size // 16
+        expected = resample_abs_pos_embed(saved["pos_embed"], (grid, grid), num_prefix_tokens=1)
+        torch.testing.assert_close(own["pos_embed"], expected)
+    else:
+        table = "layers.3.blocks.0.attn.relative_position_bias_table"  # window 7 -> 5 at 160 px
+        assert own[table].shape == (81, 24) and saved[table].shape == (169, 24)  # resampled
+    same = [k for k in saved if k in own and own[k].shape == saved[k].shape and not k.startswith("head")]
+    assert all(torch.equal(own[k], saved[k]) for k in same if saved[k].is_floating_point())

@@ -262,6 +262,30 @@ def test_torchvision_detectors_train_and_predict_with_the_dataset_classes(name):
     assert built.head and all(any(n.startswith(h) for n, _ in model.named_parameters()) for h in built.head)
 
 
+@pytest.mark.parametrize(
+    ("name", "levels"),
+    [
+        ("fcos_timm_vit_tiny_patch16_224", [192] * 3),
+        ("fasterrcnn_timm_swin_tiny_patch4_window7_224", [96, 192, 384, 768]),
+    ],
+)
+def test_size_dependent_encoders_detect_on_images_of_any_size(name, levels):
+    """ViT and Swin encoders see the detector's resized, padded batches of any size: built with
+    timm's dynamic sizes (position embeddings resampled per input, windows padded), the top
+    levels (a ViT's last blocks) feed the FPN in NCHW."""
+    torch.manual_seed(0)
+    model = create_detector(name, num_classes=3, img_size=96).module
+    assert model.backbone.body.feature_info.channels() == levels
+    images = [torch.rand(3, 70, 96), torch.rand(3, 96, 50)]
+    targets = [_truth([[4, 4, 30, 30]], [1]), _truth([[10, 12, 20, 40]], [2])]
+    losses = model.train()(images, targets)
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert next(model.backbone.body.parameters()).grad is not None
+    with torch.no_grad():
+        assert len(model.eval()(images)) == 2
+
+
 def test_coco_weights_load_from_an_offline_cache_with_a_new_head(tmp_path, monkeypatch):
     """`model.weights: hub` reads torchvision's COCO checkpoint from the torch hub cache (here a
     file the test writes under the expected name; no network), replaces the class predictor
