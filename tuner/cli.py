@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.logging import RichHandler
 
+from trainer.components.remote_data import localize
 from trainer.config import load_config
 from trainer.console import err, fail, out
 from trainer.errors import VftError
@@ -31,7 +32,8 @@ def tune(
     try:
         cfg = load_config(config, overrides or [], name=name)
         sweep_space = load_space(space, cfg)
-        get_task(cfg.task).check_data(cfg)  # fail fast, before any cluster starts, on an unusable dataset
+        # fail fast, before any cluster starts, on an unusable dataset (object storage: copied here)
+        get_task(cfg.task).check_data(cfg.with_data_paths(localize))
     except VftError as exc:
         fail(str(exc), exc.exit_code)
     show_progress(quiet)

@@ -149,8 +149,10 @@ def test_ddp_gradual_unfreeze_with_ema(ray_cluster, digits_dir, tmp_path):
 
 def test_corrupt_image_is_an_error_naming_the_file(ray_cluster, digits_dir, tmp_path):
     data = tmp_path / "data"
-    for split in ("train", "val"):
-        shutil.copytree(digits_dir / split, data / split)
+    for image in sorted(digits_dir.glob("*/*/*.png"))[::4]:
+        target = data / image.relative_to(digits_dir)  # a quarter of the digits: one epoch is enough
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(image, target)
     bad = data / "train" / "3" / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
     storage = tmp_path / "runs"

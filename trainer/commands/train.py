@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from trainer.components.remote_data import localize
 from trainer.config import load_config
 from trainer.console import err, fail, out
 from trainer.driver import RunFailed, run_dir_of, summary_table
@@ -27,7 +28,8 @@ def train(
     """Fine-tune on a Ray cluster; resumes RUN_DIR if it holds a checkpoint."""
     try:
         cfg = load_config(config, overrides or [], name=name)
-        get_task(cfg.task).check_data(cfg)  # fail fast, before any cluster starts, on an unusable dataset
+        # fail fast, before any cluster starts, on an unusable dataset (object storage: copied here)
+        get_task(cfg.task).check_data(cfg.with_data_paths(localize))
     except VftError as exc:
         fail(str(exc), exc.exit_code)
     logging.basicConfig(level=logging.WARNING)

@@ -19,6 +19,7 @@ from trainer.components.models import BuiltModel
 from trainer.components.optim import create_optimizer
 from trainer.components.precision import resolve_precision
 from trainer.components.preprocess import Preprocessing
+from trainer.components.remote_data import localize
 from trainer.components.schedules import LrSchedule, ScheduleSpec, create_schedule
 from trainer.config import VftConfig
 from trainer.engine.step import TrainStep
@@ -58,6 +59,7 @@ class Job:
 
 
 def setup(cfg: VftConfig, rank: int, world: int, device: torch.device) -> Job:
+    cfg = cfg.with_data_paths(localize)  # object-store datasets: one local copy per machine
     task = get_task(cfg.task)
     t, f, o, s = cfg.train, cfg.finetune, cfg.optim, cfg.schedule
     split = task.read_data(cfg)

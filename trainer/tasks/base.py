@@ -75,8 +75,8 @@ class EvalContext:
 class Task:
     """The interface each task implements, with the same signatures for every task. Only the
     `build_*`, `read_data`, `check_data`, `collate`, `balance_labels`, `meta_fields`,
-    `feature_head` and `extra_val_metrics` methods read the config tree; everything after training works from a
-    checkpoint's meta.json."""
+    `feature_head` and `extra_val_metrics` methods read the config tree; everything after
+    training works from a checkpoint's meta.json."""
 
     name: str = ""
     config: type[VftConfig]  # the task's config class (`trainer/tasks/<task>/config.py`)

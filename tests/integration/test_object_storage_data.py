@@ -1,0 +1,137 @@
+"""Datasets in object storage: a real S3-protocol server on localhost (moto's standalone server
+from `make tools`), read through pyarrow exactly as on a cluster: the copy into the per-machine
+cache, its reuse and refresh, the errors, and the worker's setup reading s3:// paths."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pyarrow.fs as pafs
+import pytest
+import torch
+from local_ray import free_ports
+
+from trainer.components.remote_data import MARKER, localize
+from trainer.config import load_config
+from trainer.engine.assemble import setup
+from trainer.errors import DataError
+from trainer.tasks.base import get_task
+
+ROOT = Path(__file__).resolve().parents[2]
+MOTO = ROOT / ".tools" / "moto" / "bin" / "moto_server"
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    if not MOTO.is_file():
+        raise AssertionError(f"moto_server not found at {MOTO}: run `make tools`")
+    port = free_ports(1)[0]
+    proc = subprocess.Popen(
+        [str(MOTO), "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise AssertionError("moto_server did not start") from None
+            time.sleep(0.2)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture
+def s3(s3_endpoint, monkeypatch, tmp_path) -> pafs.S3FileSystem:
+    """AWS_* variables as a cluster would set them, a fresh bucket, and a private data cache."""
+    for key, value in {
+        "AWS_ENDPOINT_URL": s3_endpoint,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_REGION": "us-east-1",
+        "VFT_DATA_CACHE": str(tmp_path / "cache"),
+    }.items():
+        monkeypatch.setenv(key, value)
+    fs = pafs.S3FileSystem(endpoint_override=s3_endpoint, allow_bucket_creation=True)
+    bucket = f"data-{os.urandom(4).hex()}"
+    fs.create_dir(bucket)
+    return fs, bucket
+
+
+def upload_digits(fs, bucket: str, digits_dir: Path, per_class: int = 6) -> list[str]:
+    """A few digits per class as an ImageFolder tree under s3://bucket/digits/{train,val}."""
+    keys = []
+    for split in ("train", "val"):
+        for folder in sorted((digits_dir / split).iterdir()):
+            for image in sorted(folder.glob("*.png"))[:per_class]:
+                key = f"{bucket}/digits/{split}/{folder.name}/{image.name}"
+                with fs.open_output_stream(key) as out:
+                    out.write(image.read_bytes())
+                keys.append(key)
+    return keys
+
+
+def test_an_s3_dataset_is_copied_once_reused_and_refreshed(s3, digits_dir, tmp_path):
+    fs, bucket = s3
+    keys = upload_digits(fs, bucket, digits_dir)
+    local = Path(localize(f"s3://{bucket}/digits/train"))
+    copied = sorted(str(p.relative_to(local)) for p in local.rglob("*.png"))
+    assert copied == sorted(k.split("/digits/train/")[1] for k in keys if "/train/" in k)
+    stamp = (local / MARKER).stat().st_mtime_ns
+    assert localize(f"s3://{bucket}/digits/train") == str(local)  # unchanged listing: no copy
+    assert (local / MARKER).stat().st_mtime_ns == stamp
+    with fs.open_output_stream(f"{bucket}/digits/train/7/new.png") as out:
+        out.write(next((digits_dir / "val" / "7").glob("*.png")).read_bytes())
+    assert (Path(localize(f"s3://{bucket}/digits/train")) / "7" / "new.png").is_file()  # refreshed
+
+
+def test_a_csv_manifest_in_s3_brings_its_folder(s3, digits_dir):
+    fs, bucket = s3
+    upload_digits(fs, bucket, digits_dir, per_class=2)
+    with fs.open_output_stream(f"{bucket}/digits/train.csv") as out:
+        out.write(
+            b"path,label\ntrain/3/" + next((digits_dir / "train" / "3").glob("*.png")).name.encode() + b",3\n"
+        )
+    manifest = Path(localize(f"s3://{bucket}/digits/train.csv"))
+    assert manifest.name == "train.csv" and (manifest.parent / "train" / "3").is_dir()
+
+
+def test_missing_data_in_s3_is_a_data_error_naming_the_uri(s3):
+    fs, bucket = s3
+    with pytest.raises(DataError, match=f"s3://{bucket}/nope: not found in object storage"):
+        localize(f"s3://{bucket}/nope")
+    fs.create_dir(f"{bucket}/empty")
+    with pytest.raises(DataError, match=f"s3://{bucket}/empty: the folder is empty"):
+        localize(f"s3://{bucket}/empty")
+    with pytest.raises(DataError, match="s3://nope-bucket/x: "):
+        localize("s3://nope-bucket/x")
+
+
+def test_a_worker_reads_its_s3_dataset_through_the_cache(s3, digits_dir, tmp_path):
+    """The config keeps the s3:// URIs (they are what the workers get); `vft train`'s data check
+    and each worker's setup read them through their machine's copy."""
+    fs, bucket = s3
+    upload_digits(fs, bucket, digits_dir)
+    overrides = [
+        f"data.train=s3://{bucket}/digits/train",
+        f"data.val=s3://{bucket}/digits/val",
+        "data.num_workers=0",
+    ]
+    cfg = load_config(ROOT / "configs/digits.yaml", overrides)
+    assert cfg.data.train == f"s3://{bucket}/digits/train"
+    classes = get_task(cfg.task).check_data(cfg.with_data_paths(localize))
+    assert classes == [str(d) for d in range(10)]
+    job = setup(cfg, rank=0, world=1, device=torch.device("cpu"))
+    images, targets, _ = next(iter(job.train_loader))
+    assert images.shape[1:] == (3, 32, 32) and len(job.train_loader.dataset) == 60
+    assert job.cfg.data.train.startswith(str(tmp_path / "cache"))
+    shutil.rmtree(tmp_path / "cache")
