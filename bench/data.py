@@ -27,6 +27,7 @@ from torchvision import datasets
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from trainer.components.prepare import prepare_images  # noqa: E402
 from trainer.components.preprocess import (  # noqa: E402
     Preprocessing,
     eval_decode_side,
@@ -66,7 +67,7 @@ def bench_size(size: tuple[int, int], args) -> list[dict]:
     aug = CropAugmentConfig()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
+        root = Path(tmp) / "photos"
         write_photos(root, size, args.images // 2)
         samples = read_imagefolder(root)
         classes = sorted({label for labels in samples.labels for label in labels})
@@ -91,6 +92,19 @@ def bench_size(size: tuple[int, int], args) -> list[dict]:
                 f"vft (draft, decode side {side}) {draft:7.1f}  ratio {row['ratio']:.2f}",
                 flush=True,
             )
+        # `vft data prepare` (shorter side 2 x 224), then the same training transform
+        prepared = Path(tmp) / "prepared"
+        prepare_images(root, prepared, short_side=448)
+        copy = read_imagefolder(prepared)
+        fast = rate(ImageDataset(copy, classes, train_transform(prep, aug), min_side=side), args.rounds)
+        plain = next(r["plain_img_s"] for r in rows if r["transform"] == "train")
+        rows.append(
+            {"size": f"{size[0]}x{size[1]}", "transform": "train, prepared copy", "plain_img_s": plain,
+             "vft_img_s": round(fast, 1), "ratio": round(fast / plain, 2)}
+        )  # fmt: skip
+        print(
+            f"{size[0]}x{size[1]:<5} prepared copy (448 px): vft {fast:7.1f} img/s  ratio {fast / plain:.2f}"
+        )
     return rows
 
 
@@ -108,7 +122,12 @@ def main() -> None:
         width, height = (int(v) for v in text.split("x"))
         rows += bench_size((width, height), args)
     train = {r["size"]: r["ratio"] for r in rows if r["transform"] == "train"}
-    summary = {"web_vs_plain": train.get("500x375"), "photo_vs_plain": train.get("4000x3000")}
+    prepared = {r["size"]: r["ratio"] for r in rows if r["transform"] == "train, prepared copy"}
+    summary = {
+        "web_vs_plain": train.get("500x375"),
+        "photo_vs_plain": train.get("4000x3000"),
+        "prepared_vs_plain": prepared.get("4000x3000"),
+    }
     print(json.dumps({"bench": "data", "threads": 1, **summary, "results": rows}))
 
 

@@ -1,5 +1,5 @@
 """`vft data`: example datasets (scikit-learn's digits, generated shapes for any task, a shifted
-domain for `vft eval`)."""
+domain for `vft eval`) and prepared (downscaled) copies of image folders."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ from typing import Annotated
 import typer
 
 from trainer import registry
+from trainer.components.prepare import prepare_images
 from trainer.components.synthetic import digits, shifted_domain
 from trainer.console import fail, out
+from trainer.errors import VftError
 from trainer.tasks.base import get_task
 
-app = typer.Typer(no_args_is_help=True, help="Generate example datasets.")
+app = typer.Typer(no_args_is_help=True, help="Example datasets, and prepared (downscaled) copies of yours.")
 Task = Enum("Task", {name: name for name in registry.list_tasks()}, type=str)  # registered tasks
 
 
@@ -54,3 +56,26 @@ def data_shift(
     if not src.is_dir():
         fail(f"--src: {src} is not a folder")
     out.print(f"wrote {shifted_domain(src, out_dir, seed)} shifted images to {out_dir}")
+
+
+@app.command("prepare")
+def data_prepare(
+    src: Annotated[Path, typer.Argument(help="an ImageFolder tree or a folder with CSV manifests")],
+    out_dir: Annotated[Path, typer.Option("--out", help="output folder")],
+    size: Annotated[int, typer.Option(min=8, help="the model's input size")] = 224,
+    short_side: Annotated[
+        int | None, typer.Option(min=8, help="shorter side of the copies (default: 2 x --size)")
+    ] = None,
+    quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG/WebP quality")] = 95,
+) -> None:
+    """A downscaled copy for fast training: images no larger than needed (shorter side 2 x the
+    input size by default, so random crops keep detail), the same layout, names and manifests."""
+    side = short_side or 2 * size
+    try:
+        counts = prepare_images(src, out_dir, side, quality)
+    except VftError as exc:
+        fail(str(exc), exc.exit_code)
+    out.print(
+        f"wrote {out_dir}: {counts['resized']} images resized to a {side}-px shorter side, "
+        f"{counts['kept']} already small enough, {counts['copied']} other files copied"
+    )
