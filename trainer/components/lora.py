@@ -160,7 +160,3 @@ def base_fingerprint(model: nn.Module, head: tuple[str, ...]) -> float:
     keep = adapter_keys(model, head)
     tensors = [v for k, v in model.state_dict().items() if k not in keep and v.is_floating_point()]
     return float(sum(t.double().sum() for t in tensors)) if tensors else 0.0
-
-
-def trainable_count(model: nn.Module, names: set[str]) -> int:
-    return sum(p.numel() for n, p in model.named_parameters() if n in names)
