@@ -37,6 +37,19 @@ def digits_args(digits_dir: Path, storage: Path, *extra: str) -> list[str]:
     ]
 
 
+def parity(digit: int) -> str:
+    return "even" if digit % 2 == 0 else "odd"
+
+
+def write_manifest(digits_dir: Path, name: str, label) -> None:
+    """A CSV manifest over the digits' training images, `label(digit)` per row."""
+    rows = [
+        f"{image.relative_to(digits_dir)},{label(int(image.parent.name))}"
+        for image in sorted((digits_dir / "train").glob("*/*.png"))
+    ]
+    (digits_dir / name).write_text("\n".join(["path,label", *rows]) + "\n")
+
+
 def test_digits_reaches_90_percent_top1(digits_run):
     history = read_metrics_csv(str(digits_run / "metrics.csv"))
     assert [row["epoch"] for row in history] == list(range(1, 7))
@@ -93,11 +106,7 @@ def test_lora_ddp_run_adapts_an_earlier_model_to_new_classes(digits_run, digits_
     """LoRA (peft) under DDP with 2 workers and EMA: the digits model's 3x3 convolutions get
     rank-8 adapters and a new head (even/odd) trains in full; best/ holds the merged model and
     state.pt the adapters alone."""
-    lines = ["path,label"] + [
-        f"{image.relative_to(digits_dir)},{'even' if int(image.parent.name) % 2 == 0 else 'odd'}"
-        for image in sorted((digits_dir / "train").glob("*/*.png"))
-    ]
-    (digits_dir / "parity.csv").write_text("\n".join(lines) + "\n")
+    write_manifest(digits_dir, "parity.csv", parity)
     result = vft(
         *digits_args(
             digits_dir,
@@ -205,11 +214,7 @@ def test_a_killed_worker_restarts_from_the_latest_checkpoint(ray_cluster, digits
 
 def test_multilabel_csv_manifest_trains_with_bce(ray_cluster, digits_dir, tmp_path):
     """CSV manifest with several labels per image (`7;odd`): BCE, multilabel metrics, val/map."""
-    lines = ["path,label"]
-    for image in sorted((digits_dir / "train").glob("*/*.png")):
-        digit = int(image.parent.name)
-        lines.append(f"{image.relative_to(digits_dir)},{digit};{'even' if digit % 2 == 0 else 'odd'}")
-    (digits_dir / "multilabel.csv").write_text("\n".join(lines) + "\n")
+    write_manifest(digits_dir, "multilabel.csv", lambda digit: f"{digit};{parity(digit)}")
     result = vft(
         "train",
         ROOT / "configs/digits.yaml",
