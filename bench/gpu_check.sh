@@ -3,7 +3,10 @@
 # on Ray with one GPU worker (precision auto -> bf16, NCCL), bench/train_step.py eager and
 # compiled (section `train`), bench/serve.py's GPU mode (section `serve`), and detection (section
 # `det`: an end-to-end `vft train` of configs/shapes_detection.yaml on one GPU worker and
-# bench/det_step.py against torchvision's reference loop). Run from the
+# bench/det_step.py against torchvision's reference loop), and the data path (section `data`:
+# bench/data.py --device cuda, the pixel check of nvJPEG against Pillow and the batched decode
+# rate, then `vft train` of ResNet-50 at 224 px on 20,000 JPEGs (500x375) with data.decode=gpu,
+# eager and compiled, and with data.decode=cpu, against bench/train_step.py's synthetic step). Run from the
 # repository root with the wheels from ../shared/tools/device-wheels in .whl (carried); logs
 # land in $OUT. SECTIONS="train serve" (default) picks what runs; `cpu` runs bench/serve.py's
 # CPU mode on two pinned cores of the (otherwise idle) device.
@@ -49,4 +52,29 @@ timeout 200 python3 -m trainer.cli train configs/shapes_detection.yaml data.trai
 cp /tmp/runs/det/metrics.csv "$OUT/det_metrics.csv" 2>/dev/null
 cp /tmp/runs/det/plots/predictions.png "$OUT/det_predictions.png" 2>/dev/null
 timeout 240 python3 bench/det_step.py --device cuda 2>&1 | grep -v Warn | tee "$OUT/det_step.log"
+fi
+
+if [[ " $SECTIONS " == *" data "* ]]; then
+timeout 200 python3 bench/data.py --device cuda --images 512 2>&1 | grep -v Warn | tee "$OUT/data_device.log"
+python3 - <<'PY'  # 20,000 photo-like JPEGs at 500x375: 3 encodings per class, hard-linked under 10,000 names
+import os, sys
+from pathlib import Path
+sys.path.insert(0, "bench")
+from data import write_photos
+root = Path("/tmp/jpegs"); write_photos(root, (500, 375), 3)
+for folder in root.iterdir():
+    for j in range(3, 10000):
+        os.link(folder / f"{j % 3}.jpg", folder / f"{j}.jpg")
+PY
+E2E="configs/digits.yaml model.name=resnet50 data.train=/tmp/jpegs data.val=null data.val_fraction=0.02
+  data.img_size=224 data.crop_pct=0.875 data.augment.scale=[0.08,1.0] data.augment.rotation=0 data.augment.hflip=0.5
+  data.batch_size=256 data.num_workers=12 scaling.num_workers=1 train.epochs=2 train.channels_last=true
+  run.storage=/tmp/runs --quiet"
+for run in "gpu false eager" "gpu true compiled" "cpu false eager"; do
+  set -- $run
+  timeout 240 python3 -m trainer.cli train $E2E data.decode=$1 train.compile=$2 --name "e2e_$1_$3" 2>&1 \
+    | grep -v "^\s*$" | tail -6 | tee "$OUT/e2e_$1_$3.log"
+  cp "/tmp/runs/e2e_$1_$3/metrics.csv" "$OUT/e2e_$1_$3.csv" 2>/dev/null
+done
+timeout 150 python3 bench/train_step.py --device cuda --models resnet50 2>&1 | tail -3 | tee "$OUT/step_resnet50.log"
 fi

@@ -103,6 +103,14 @@ class DataConfig(_Strict):
     augment: AugmentConfig = AugmentConfig()
     skip_bad_images: bool = False
     max_image_pixels: int = Field(89_478_485, ge=1)
+    cache: Literal["none", "ram"] = Field(
+        "none",
+        description="ram: each worker decodes its own shard of the training images once and keeps "
+        "them in memory (downscaled to what the crop needs, for classification): for datasets that fit",
+    )
+    decode: Literal["auto", "cpu"] = Field(
+        "auto", description="where images are decoded: cpu (loader processes); a task may add gpu"
+    )
 
     @field_validator("train", "val")
     @classmethod

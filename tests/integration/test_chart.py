@@ -318,6 +318,35 @@ def test_storage_credentials_come_from_secret_references():
     assert {"name": "gcs-credentials", "secret": {"secretName": "gcs-key"}} in head["volumes"]
 
 
+def test_datasets_in_object_storage_get_credentials_and_a_cache_volume():
+    """Runs on the claim, data in S3 (or GCS through run.overrides): the pods get the object
+    store's settings and credentials from the Secret, and an emptyDir for their dataset copy."""
+    s3 = ["config.data.train=s3://bucket/digits/train", "storage.credentialsSecret=creds",
+          "storage.s3.endpointUrl=http://minio:9000", "storage.dataCacheSize=20Gi"]  # fmt: skip
+    gcs = ["run.overrides[0]=data.val=gs://bucket/val", "storage.credentialsSecret=key"]
+    for sets, expected in (
+        (s3, {"AWS_ACCESS_KEY_ID", "AWS_ENDPOINT_URL"}),
+        (gcs, {"GOOGLE_APPLICATION_CREDENTIALS"}),
+    ):
+        (job,) = by_kind(template(sets=sets), "RayJob")
+        for where, pod in pod_templates(job):
+            if where == "submitter":
+                continue
+            container = pod["spec"]["containers"][0]
+            env = {e["name"]: e for e in container["env"]}
+            assert expected <= set(env) and env["VFT_DATA_CACHE"]["value"] == "/var/cache/vft/datasets"
+            assert "value" not in env.get("AWS_ACCESS_KEY_ID", {})  # a secretKeyRef, never the key
+            mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+            assert mounts["data-cache"] == env["VFT_DATA_CACHE"]["value"]
+            (cache,) = [v for v in pod["spec"]["volumes"] if v["name"] == "data-cache"]
+            assert cache["emptyDir"]["sizeLimit"] == ("20Gi" if sets is s3 else "50Gi")
+    (job,) = by_kind(template(), "RayJob")  # data on the claim: none of it
+    for _, pod in pod_templates(job):
+        names = {e["name"] for c in pod["spec"]["containers"] for e in c.get("env", [])}
+        assert not names & {"VFT_DATA_CACHE", "AWS_ACCESS_KEY_ID", "GOOGLE_APPLICATION_CREDENTIALS"}
+        assert "data-cache" not in {v["name"] for v in pod["spec"].get("volumes", [])}
+
+
 def test_config_file_from_set_file_is_kept_verbatim():
     config = ROOT / "configs" / "digits.yaml"
     docs = template(extra=["--set-file", f"configFile={config}"])

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from train_tools import SMALL_MODEL
 from typer.testing import CliRunner
 
 from trainer.cli import app
@@ -123,6 +124,7 @@ def test_robust_val_adds_val_robust_acc_to_each_epoch(ray_cluster, digits_dir, t
         f"run.storage={tmp_path}",
         "train.epochs=2",
         "data.img_size=16",
+        SMALL_MODEL,
         "train.robust_val=true",
         "train.monitor=val/robust_acc",
         "--name",

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from train_tools import SMALL_MODEL
 from typer.testing import CliRunner
 
 from trainer.cli import app
@@ -141,14 +142,15 @@ def test_lora_ddp_run_adapts_an_earlier_model_to_new_classes(digits_run, digits_
 def test_ddp_gradual_unfreeze_with_ema(ray_cluster, digits_dir, tmp_path):
     """configs/shapes.yaml's fine-tuning recipe on the digits (2 DDP workers): gradual
     unfreezing (the head, then 2 blocks at epoch 1, all at epoch 2: DDP re-wrapped per stage),
-    EMA and label smoothing, from random weights in 4 epochs."""
+    EMA and label smoothing, from random weights in 6 epochs."""
     result = vft(
         "train",
         ROOT / "configs/shapes.yaml",
         f"data.train={digits_dir}/train",
         f"data.val={digits_dir}/val",
         "data.augment.hflip=0",
-        "train.epochs=4",
+        "train.epochs=6",
+        SMALL_MODEL,
         f"run.storage={tmp_path}",
         "--name",
         "gradual",
@@ -156,8 +158,8 @@ def test_ddp_gradual_unfreeze_with_ema(ray_cluster, digits_dir, tmp_path):
     )
     assert result.exit_code == 0, result.output
     history = read_metrics_csv(str(tmp_path / "gradual" / "metrics.csv"))
-    assert len(history) == 4
-    assert max(row["val/top1"] for row in history) >= 0.80  # 0.97 measured
+    assert len(history) == 6
+    assert max(row["val/top1"] for row in history) >= 0.80  # 0.98 measured
 
 
 def test_corrupt_image_is_an_error_naming_the_file(ray_cluster, digits_dir, tmp_path):
@@ -176,6 +178,7 @@ def test_corrupt_image_is_an_error_naming_the_file(ray_cluster, digits_dir, tmp_
         f"data.val={data}/val",
         f"run.storage={storage}",
         "train.epochs=1",
+        SMALL_MODEL,
         "--quiet",
     ]
     result = vft(*args, "--name", "strict")
@@ -194,7 +197,8 @@ def test_a_killed_worker_restarts_from_the_latest_checkpoint(ray_cluster, digits
     from ray.util.state import list_actors
 
     outcome = {}
-    args = digits_args(digits_dir, tmp_path, "train.epochs=3", "run.max_failures=1", "--name", "ft")
+    args = digits_args(digits_dir, tmp_path, "train.epochs=3", "run.max_failures=1", SMALL_MODEL)
+    args += ["--name", "ft"]
     thread = threading.Thread(target=lambda: outcome.setdefault("result", vft(*args)))
     thread.start()
     metrics = tmp_path / "ft" / "metrics.csv"
@@ -221,7 +225,8 @@ def test_multilabel_csv_manifest_trains_with_bce(ray_cluster, digits_dir, tmp_pa
         f"data.train={digits_dir}/multilabel.csv",
         "data.val=null",
         "data.multilabel=true",
-        "train.epochs=3",
+        "train.epochs=5",
+        SMALL_MODEL,
         f"run.storage={tmp_path}",
         "--name",
         "multi",
@@ -232,4 +237,4 @@ def test_multilabel_csv_manifest_trains_with_bce(ray_cluster, digits_dir, tmp_pa
     assert meta["multilabel"] is True and meta["monitor"]["metric"] == "val/map"
     assert sorted(meta["classes"]) == sorted([str(d) for d in range(10)] + ["even", "odd"])
     history = read_metrics_csv(str(tmp_path / "multi" / "metrics.csv"))
-    assert max(row["val/map"] for row in history) >= 0.6
+    assert max(row["val/map"] for row in history) >= 0.8  # 0.94 measured

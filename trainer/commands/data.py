@@ -60,7 +60,10 @@ def data_shift(
 
 @app.command("prepare")
 def data_prepare(
-    src: Annotated[Path, typer.Argument(help="an ImageFolder tree or a folder with CSV manifests")],
+    src: Annotated[
+        Path,
+        typer.Argument(help="a dataset folder: ImageFolder/CSV, COCO or YOLO detection, mask folders"),
+    ],
     out_dir: Annotated[Path, typer.Option("--out", help="output folder")],
     size: Annotated[int, typer.Option(min=8, help="the model's input size")] = 224,
     short_side: Annotated[
@@ -69,7 +72,8 @@ def data_prepare(
     quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG/WebP quality")] = 95,
 ) -> None:
     """A downscaled copy for fast training: images no larger than needed (shorter side 2 x the
-    input size by default, so random crops keep detail), the same layout, names and manifests."""
+    input size by default, so random crops keep detail), the same layout, names and manifests;
+    masks and COCO boxes rescaled with their images."""
     side = short_side or 2 * size
     try:
         counts = prepare_images(src, out_dir, side, quality)
@@ -77,5 +81,6 @@ def data_prepare(
         fail(str(exc), exc.exit_code)
     out.print(
         f"wrote {out_dir}: {counts['resized']} images resized to a {side}-px shorter side, "
-        f"{counts['kept']} already small enough, {counts['copied']} other files copied"
+        f"{counts['kept']} already small enough, {counts['copied']} other files copied, "
+        f"{counts['coco']} COCO annotation files rescaled"
     )

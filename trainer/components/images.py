@@ -6,9 +6,10 @@ decompression-bomb warning is an error, so a hostile file cannot exhaust memory.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,22 @@ def open_image(
     is decoded at the smallest DCT scale (1/2, 1/4, 1/8: libjpeg's draft mode) that keeps both
     sides at least `min_side` pixels: a camera photo headed for a 224-px crop decodes several
     times faster, with the downscale done in the frequency domain."""
+    with checked_image(source, max_pixels, name, formats) as img:
+        if min_side and img.format == "JPEG":
+            img.draft("RGB", (min_side, min_side))
+        img = ImageOps.exif_transpose(img)
+        return to_rgb(img)
+
+
+@contextlib.contextmanager
+def checked_image(
+    source: str | Path | bytes,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    name: str | None = None,
+    formats: Collection[str] | None = None,
+) -> Iterator[Image.Image]:
+    """The opened (not yet decoded) image after the header checks: format and pixel bound.
+    Whatever goes wrong, here or while the caller decodes it, is a BadImageError naming it."""
     label = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
     fp = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
@@ -46,10 +63,7 @@ def open_image(
                     raise ImageTooLargeError(
                         f"{label}: {width}x{height} = {width * height} pixels exceeds the limit {max_pixels}"
                     )
-                if min_side and img.format == "JPEG":
-                    img.draft("RGB", (min_side, min_side))
-                img = ImageOps.exif_transpose(img)
-                return to_rgb(img)
+                yield img
     except BadImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

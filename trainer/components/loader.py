@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from trainer.components.images import DEFAULT_MAX_PIXELS, BadImageError, open_image
+from trainer.components.ram_cache import RamCache
 
 
 class JointDataset(Dataset):
@@ -21,11 +22,22 @@ class JointDataset(Dataset):
     def __init__(self, samples, transform, max_pixels: int = DEFAULT_MAX_PIXELS, skip_bad: bool = False):
         self.samples, self.transform = samples, transform
         self.max_pixels, self.skip_bad = max_pixels, skip_bad
+        self.cache: RamCache | None = None
 
     def __len__(self) -> int:
         return len(self.samples)
 
+    def cache_images(self, indices: list[int], threads: int) -> None:
+        """`data.cache: ram`: decode `indices` once and keep them (at full size: the
+        annotations are in its pixels)."""
+        self.cache = RamCache()
+        paths = {i: self.samples.images[i] for i in indices}
+        self.cache.fill(paths, lambda path: open_image(path, self.max_pixels), None, self.skip_bad, threads)
+
     def __getitem__(self, i: int):
+        if self.cache is not None and i in self.cache:
+            image = self.cache.image(i)
+            return None if image is None else self.transform_pair(image, i)
         try:
             image = open_image(self.samples.images[i], self.max_pixels)
         except BadImageError:
@@ -51,6 +63,30 @@ class ShardSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+class FixedShardSampler(Sampler[int]):
+    """Training shard that stays with its rank (`data.cache: ram`: each worker decodes and keeps
+    its own images): a seeded permutation split once into equal shards (padded by wrapping
+    around, as DistributedSampler pads, so every rank runs as many steps), reshuffled within the
+    shard every epoch."""
+
+    def __init__(self, size: int, rank: int, world: int, seed: int = 0):
+        order = torch.randperm(size, generator=torch.Generator().manual_seed(seed)).tolist()
+        per_rank = math.ceil(size / world)
+        order += order[: per_rank * world - size]
+        self.indices = order[rank::world]
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        gen = torch.Generator().manual_seed(self.seed + 1 + self.epoch)
+        return iter([self.indices[j] for j in torch.randperm(len(self.indices), generator=gen).tolist()])
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -90,13 +126,17 @@ def make_loader(
     seed: int = 0,
     balance_labels: list[int] | None = None,
     pin_memory: bool = False,
+    fixed_shard: bool = False,
 ):
     """A DataLoader over `dataset` with the task's `collate_fn`: sharded evaluation; distributed
-    training, or class-balanced over `balance_labels` (one class index per sample)."""
+    training, class-balanced over `balance_labels` (one class index per sample), or on a
+    `fixed_shard` per rank."""
     if not train:
         sampler = ShardSampler(len(dataset), rank, world)
     elif balance_labels is not None:
         sampler = BalancedSampler(balance_labels, rank, world, seed)
+    elif fixed_shard:
+        sampler = FixedShardSampler(len(dataset), rank, world, seed)
     else:
         sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
     return DataLoader(

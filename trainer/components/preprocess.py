@@ -80,7 +80,8 @@ def resolve_preprocessing(
     )
 
 
-def _normalize(p: Preprocessing) -> list:
+def normalize_ops(p: Preprocessing) -> list:
+    """uint8 [0, 255] to float [0, 1], then (x - mean) / std: per image, or on a whole batch."""
     return [T.ToDtype(torch.float32, scale=True), T.Normalize(mean=list(p.mean), std=list(p.std))]
 
 
@@ -96,32 +97,23 @@ def train_decode_side(p: Preprocessing, aug) -> int:
     return math.ceil(p.input_size / math.sqrt(narrowest))
 
 
-def eval_transform(p: Preprocessing) -> T.Compose:
+def eval_ops(p: Preprocessing) -> list:
+    """Resize the shorter side and centre-crop (an image tensor or PIL image in, `input_size`
+    square out, dtype kept)."""
     interp = _INTERP[p.interpolation]
-    return T.Compose(
-        [
-            T.ToImage(),
-            T.Resize(p.resize_size, interpolation=interp, antialias=True),
-            T.CenterCrop(p.input_size),
-            *_normalize(p),
-        ]
-    )
+    return [T.Resize(p.resize_size, interpolation=interp, antialias=True), T.CenterCrop(p.input_size)]
 
 
-def train_transform(
-    p: Preprocessing, aug, mask_fill: int | None = None, policy: tuple = (), after_normalize: tuple = ()
-) -> T.Compose:
-    """`aug` is the config's crop augmentation section (read here, by the builder, only):
-    RandomResizedCrop, flips, rotation, colour jitter; a task adds image-only `policy` ops
-    (e.g. RandAugment) before normalisation and `after_normalize` ops (e.g. RandomErasing).
-    Rotations interpolate bilinearly: tensors support no bicubic grid sampling.
+def eval_transform(p: Preprocessing) -> T.Compose:
+    return T.Compose([T.ToImage(), *eval_ops(p), *normalize_ops(p)])
 
-    Joint: called with (image, tv_tensors.Mask) it crops, scales, flips and rotates both (masks
-    by nearest neighbour; rotated-in mask pixels get `mask_fill`); colour changes and
-    normalisation touch the image only."""
+
+def train_ops(p: Preprocessing, aug, mask_fill: int | None = None) -> list:
+    """The random geometry and colour of `aug` (the config's crop augmentation section, read
+    here, by the builder, only): RandomResizedCrop, flips, rotation, colour jitter. Rotations
+    interpolate bilinearly: tensors support no bicubic grid sampling."""
     interp = _INTERP[p.interpolation]
     steps: list = [
-        T.ToImage(),
         T.RandomResizedCrop(
             p.input_size, scale=aug.scale, ratio=aug.ratio, interpolation=interp, antialias=True
         ),
@@ -136,4 +128,17 @@ def train_transform(
     if aug.color_jitter:
         cj = aug.color_jitter
         steps.append(T.ColorJitter(brightness=cj, contrast=cj, saturation=cj))
-    return T.Compose([*steps, *policy, *_normalize(p), *after_normalize])
+    return steps
+
+
+def train_transform(
+    p: Preprocessing, aug, mask_fill: int | None = None, policy: tuple = (), after_normalize: tuple = ()
+) -> T.Compose:
+    """`train_ops`, then a task's image-only `policy` ops (e.g. RandAugment) before normalisation
+    and `after_normalize` ops (e.g. RandomErasing).
+
+    Joint: called with (image, tv_tensors.Mask) it crops, scales, flips and rotates both (masks
+    by nearest neighbour; rotated-in mask pixels get `mask_fill`); colour changes and
+    normalisation touch the image only."""
+    steps = train_ops(p, aug, mask_fill)
+    return T.Compose([T.ToImage(), *steps, *policy, *normalize_ops(p), *after_normalize])

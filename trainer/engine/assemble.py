@@ -12,6 +12,7 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from torch.utils.data import DataLoader
 
+from trainer.components.device_decode import DeviceDecodeLoader
 from trainer.components.finetune import ParamLayout, Stage, param_groups, param_layout
 from trainer.components.loader import make_loader
 from trainer.components.lora import LoraSettings, apply_lora
@@ -81,6 +82,8 @@ def setup(cfg: VftConfig, rank: int, world: int, device: torch.device) -> Job:
         batch_size=cfg.data.batch_size,
         num_workers=cfg.data.num_workers,
         seed=t.seed,
+        decode=resolve_decode(cfg.data.decode, device),
+        cache=cfg.data.cache == "ram",
     )
     stages = [Stage(st.epoch, st.blocks, st.lr_mult) for st in f.unfreeze]
     layout = param_layout(built)
@@ -168,6 +171,16 @@ def _setup_model(built: BuiltModel, *, device: torch.device, sync_bn: bool, chan
     built.module.to(device, memory_format=memory_format)
 
 
+def resolve_decode(decode: str, device: torch.device) -> str:
+    """Where this worker decodes images: 'cpu' (loader processes) or 'device' (batches on its
+    GPU, for tasks with device transforms)."""
+    if device.type == "cuda":
+        return "cpu" if decode == "cpu" else "device"
+    if decode == "gpu":
+        raise ConfigError("data.decode: 'gpu', but this worker has no GPU (see scaling.use_gpu)")
+    return "cpu"
+
+
 def _setup_data(
     task: Task,
     cfg: VftConfig,
@@ -180,10 +193,17 @@ def _setup_data(
     batch_size: int,
     num_workers: int,
     seed: int,
-) -> tuple[DataLoader, DataLoader]:
-    """The task's datasets and collate functions in sharded (or class-balanced) loaders."""
-    train_ds, val_ds = task.build_datasets(cfg, split, prep)
-    n, pin = len(split.classes), device.type == "cuda"
+    decode: str = "cpu",
+    cache: bool = False,
+) -> tuple[DataLoader | DeviceDecodeLoader, DataLoader | DeviceDecodeLoader]:
+    """The task's datasets and collate functions in sharded (or class-balanced) loaders; with
+    `decode='device'`, loaders of undecoded images that decode and transform on `device`; with
+    `cache`, each keeps its shard's images decoded in memory (filled here, before the loader
+    processes start)."""
+    n = len(split.classes)
+    transforms = task.device_transforms(cfg, prep, n) if decode == "device" else None
+    train_ds, val_ds = task.build_datasets(cfg, split, prep, encoded=transforms is not None)
+    pin = device.type == "cuda"
     common = {"batch_size": batch_size, "num_workers": num_workers, "rank": rank, "world": world}
     train = make_loader(
         train_ds,
@@ -192,12 +212,22 @@ def _setup_data(
         balance_labels=task.balance_labels(cfg, train_ds),
         pin_memory=pin,
         collate_fn=task.collate(cfg, n, train=True),
+        fixed_shard=cache,
         **common,
     )
     val = make_loader(
         val_ds, train=False, pin_memory=pin, collate_fn=task.collate(cfg, n, train=False), **common
     )
-    return train, val
+    if cache:
+        for loader in (train, val):
+            loader.dataset.cache_images(sorted(set(loader.sampler.indices)), threads=max(1, num_workers))
+    if transforms is None:
+        return train, val
+    skip_bad, (train_transform, eval_transform) = cfg.data.skip_bad_images, transforms
+    return (
+        DeviceDecodeLoader(train, device, train_transform, skip_bad),
+        DeviceDecodeLoader(val, device, eval_transform, skip_bad),
+    )
 
 
 def _setup_optimizer(

@@ -91,10 +91,19 @@ class Task:
         raise NotImplementedError
 
     def build_datasets(
-        self, cfg: VftConfig, split: DataSplit, prep: Preprocessing
+        self, cfg: VftConfig, split: DataSplit, prep: Preprocessing, encoded: bool = False
     ) -> tuple[Dataset, Dataset]:
-        """Train and val datasets with the train/eval transforms applied."""
+        """Train and val datasets with the train/eval transforms applied; `encoded` (only for a
+        task with `device_transforms`): datasets of undecoded images (`Encoded`) instead."""
         raise NotImplementedError
+
+    def device_transforms(
+        self, cfg: VftConfig, prep: Preprocessing, num_classes: int
+    ) -> tuple[Callable, Callable] | None:
+        """`data.decode: gpu`: the train and eval transforms of a batch decoded on the device
+        (a list of uint8 images of any size and the targets, to (batch, targets)); None: the
+        task decodes on the CPU only."""
+        return None
 
     def collate(self, cfg: VftConfig, num_classes: int, train: bool) -> Callable:
         """A collate function returning (images, targets, skipped_count)."""

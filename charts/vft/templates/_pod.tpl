@@ -25,11 +25,54 @@ seccompProfile:
 {{- end }}
 
 {{/*
-Storage credentials and settings for the Ray containers.
+The datasets' locations, space-separated: `data.train` and `data.val` from the config, then
+from run.overrides (which win when the job runs).
+*/}}
+{{- define "vft.dataLocations" -}}
+{{- $data := get (include "vft.configText" . | fromYaml) "data" | default dict }}
+{{- $locations := list (get $data "train" | default "" | toString) (get $data "val" | default "" | toString) }}
+{{- range .Values.run.overrides }}
+{{- if or (hasPrefix "data.train=" .) (hasPrefix "data.val=" .) }}
+{{- $locations = append $locations (splitn "=" 2 .)._1 }}
+{{- end }}
+{{- end }}
+{{- $locations | join " " }}
+{{- end }}
+
+{{/*
+The object stores the pods read or write, comma-separated (`s3`, `gcs`): the run storage's and
+the datasets'.
+*/}}
+{{- define "vft.objectStores" -}}
+{{- $stores := list }}
+{{- if ne .Values.storage.type "pvc" }}
+{{- $stores = append $stores .Values.storage.type }}
+{{- end }}
+{{- range splitList " " (include "vft.dataLocations" .) }}
+{{- if hasPrefix "s3://" . }}{{ $stores = append $stores "s3" }}{{ end }}
+{{- if hasPrefix "gs://" . }}{{ $stores = append $stores "gcs" }}{{ end }}
+{{- end }}
+{{- $stores | uniq | join "," }}
+{{- end }}
+
+{{/*
+"true" when a dataset is read from object storage: each pod then keeps its copy in the
+`data-cache` volume.
+*/}}
+{{- define "vft.remoteData" -}}
+{{- range splitList " " (include "vft.dataLocations" .) }}
+{{- if or (hasPrefix "s3://" .) (hasPrefix "gs://" .) }}true{{ end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Object-store credentials and settings for the Ray containers: for the run storage and for
+datasets in object storage alike (one Secret, `storage.credentialsSecret`).
 */}}
 {{- define "vft.storageEnv" -}}
 {{- $s := .Values.storage }}
-{{- if eq $s.type "s3" }}
+{{- $stores := splitList "," (include "vft.objectStores" .) }}
+{{- if has "s3" $stores }}
 {{- with $s.s3.region }}
 - name: AWS_DEFAULT_REGION
   value: {{ . | quote }}
@@ -56,9 +99,14 @@ Storage credentials and settings for the Ray containers.
       key: AWS_SESSION_TOKEN
       optional: true
 {{- end }}
-{{- else if and (eq $s.type "gcs") $s.credentialsSecret }}
+{{- end }}
+{{- if and (has "gcs" $stores) $s.credentialsSecret }}
 - name: GOOGLE_APPLICATION_CREDENTIALS
   value: /var/run/secrets/vft-gcs/key.json
+{{- end }}
+{{- if include "vft.remoteData" . }}
+- name: VFT_DATA_CACHE
+  value: /var/cache/vft/datasets
 {{- end }}
 {{- end }}
 
@@ -72,10 +120,14 @@ Storage credentials and settings for the Ray containers.
 - name: storage
   mountPath: {{ .Values.storage.mountPath }}
 {{- end }}
-{{- if and (eq .Values.storage.type "gcs") .Values.storage.credentialsSecret }}
+{{- if and (has "gcs" (splitList "," (include "vft.objectStores" .))) .Values.storage.credentialsSecret }}
 - name: gcs-credentials
   mountPath: /var/run/secrets/vft-gcs
   readOnly: true
+{{- end }}
+{{- if include "vft.remoteData" . }}
+- name: data-cache
+  mountPath: /var/cache/vft/datasets
 {{- end }}
 {{- end }}
 
@@ -96,10 +148,15 @@ Pod volumes; call with (dict "root" $ "shmSize" size).
   persistentVolumeClaim:
     claimName: {{ $v.storage.claimName }}
 {{- end }}
-{{- if and (eq $v.storage.type "gcs") $v.storage.credentialsSecret }}
+{{- if and (has "gcs" (splitList "," (include "vft.objectStores" .root))) $v.storage.credentialsSecret }}
 - name: gcs-credentials
   secret:
     secretName: {{ $v.storage.credentialsSecret }}
+{{- end }}
+{{- if include "vft.remoteData" .root }}
+- name: data-cache
+  emptyDir:
+    sizeLimit: {{ $v.storage.dataCacheSize }}
 {{- end }}
 {{- end }}
 

@@ -87,6 +87,12 @@ def test_literal_field_lists_allowed_values(config_file, override, dotted, allow
         assert f"'{value}'" in message
 
 
+def test_gpu_decoding_needs_gpu_workers(config_file):
+    assert load_config(config_file, ["data.decode=gpu"]).data.decode == "gpu"
+    message = config_error(config_file, "data.decode=gpu", "scaling.use_gpu=false")
+    assert message.startswith("data.decode: 'gpu' needs GPU workers")
+
+
 def test_unknown_optimizer_names_field_and_suggests(config_file):
     message = config_error(config_file, "optim.name=adamx")
     assert message.startswith("optim.name: ")

@@ -12,8 +12,11 @@ import torch
 from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.transforms.v2.functional import pil_to_tensor
 
+from trainer.components.device_decode import Encoded, read_encoded
 from trainer.components.images import DEFAULT_MAX_PIXELS, BadImageError, open_image
+from trainer.components.ram_cache import RamCache
 from trainer.errors import DataError
 from trainer.registry import DATASET_FORMATS
 
@@ -106,9 +109,10 @@ def class_names(samples: Samples) -> list[str]:
 
 
 class ImageDataset(Dataset):
-    """Decodes on access (JPEGs at reduced DCT scale when `min_side` allows). A bad image raises
-    BadImageError naming the file, or, with `skip_bad`, yields None, which the collate function
-    drops and counts."""
+    """Decodes on access (JPEGs at reduced DCT scale when `min_side` allows), or with `encoded`
+    hands the image over undecoded for the device decoder (`Encoded`; no transform). A bad image
+    raises BadImageError naming the file, or, with `skip_bad`, yields None, which the collate
+    function drops and counts."""
 
     def __init__(
         self,
@@ -119,6 +123,7 @@ class ImageDataset(Dataset):
         max_pixels: int = DEFAULT_MAX_PIXELS,
         skip_bad: bool = False,
         min_side: int | None = None,
+        encoded: bool = False,
     ):
         index = {c: i for i, c in enumerate(classes)}
         unknown = sorted({lab for labels in samples.labels for lab in labels} - set(index))
@@ -132,9 +137,18 @@ class ImageDataset(Dataset):
         self.max_pixels = max_pixels
         self.skip_bad = skip_bad
         self.min_side = min_side  # JPEGs decode at the smallest DCT scale keeping this side
+        self.encoded = encoded
+        self.cache: RamCache | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def cache_images(self, indices: list[int], threads: int) -> None:
+        """`data.cache: ram`: decode `indices` once and keep them, downscaled to `min_side`."""
+        self.cache = RamCache()
+        paths = {i: self.paths[i] for i in indices}
+        decode = lambda path: open_image(path, self.max_pixels, min_side=self.min_side)  # noqa: E731
+        self.cache.fill(paths, decode, self.min_side, self.skip_bad, threads)
 
     def target(self, i: int):
         if self.multilabel:
@@ -145,7 +159,16 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, i: int):
         try:
-            img = open_image(self.paths[i], self.max_pixels, min_side=self.min_side)
+            if self.cache is not None and i in self.cache:
+                img = self.cache.image(i)
+                if img is None:
+                    return None
+                if self.encoded:
+                    return Encoded(self.paths[i], pil_to_tensor(img)), self.target(i)
+            elif self.encoded:
+                return read_encoded(self.paths[i], self.max_pixels), self.target(i)
+            else:
+                img = open_image(self.paths[i], self.max_pixels, min_side=self.min_side)
         except BadImageError:
             if self.skip_bad:
                 return None
@@ -154,7 +177,8 @@ class ImageDataset(Dataset):
 
 
 class Collate:
-    """Stacks a batch, drops skipped (None) samples and counts them, applies MixUp/CutMix."""
+    """Stacks a batch, drops skipped (None) samples and counts them, applies MixUp/CutMix.
+    Undecoded images (`Encoded`) stay a list: the device decoder stacks and mixes them."""
 
     def __init__(self, mix=None):
         self.mix = mix
@@ -164,8 +188,10 @@ class Collate:
         skipped = len(batch) - len(good)
         if not good:
             return None, None, skipped
-        images = torch.stack([img for img, _ in good])
         targets = torch.stack([torch.as_tensor(t) for _, t in good])
+        if isinstance(good[0][0], Encoded):
+            return [img for img, _ in good], targets, skipped
+        images = torch.stack([img for img, _ in good])
         if self.mix is not None:
             images, targets = self.mix(images, targets)
         return images, targets, skipped

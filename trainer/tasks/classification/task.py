@@ -6,10 +6,19 @@ from __future__ import annotations
 import torch
 
 from trainer.components.deploy import OnnxGraph, Thresholds
+from trainer.components.device_decode import BatchTransform
 from trainer.components.losses import OutputLoss, create_loss
 from trainer.components.models import BuiltModel, create_model, list_models, model_sources
 from trainer.components.parity import logits_failures, logits_parity
-from trainer.components.preprocess import eval_decode_side, eval_transform, train_decode_side, train_transform
+from trainer.components.preprocess import (
+    eval_decode_side,
+    eval_ops,
+    eval_transform,
+    normalize_ops,
+    train_decode_side,
+    train_ops,
+    train_transform,
+)
 from trainer.components.synthetic import shapes_classification
 from trainer.errors import ConfigError
 from trainer.tasks.base import DataSplit, EvalContext, Task
@@ -36,9 +45,14 @@ class Classification(Task):
         check_split(split.train, split.val, split.classes, cfg.data.train)
         return split.classes
 
-    def build_datasets(self, cfg, split: DataSplit, prep):
+    def build_datasets(self, cfg, split: DataSplit, prep, encoded: bool = False):
         d = cfg.data
-        common = {"multilabel": d.multilabel, "max_pixels": d.max_image_pixels, "skip_bad": d.skip_bad_images}
+        common = {
+            "multilabel": d.multilabel,
+            "max_pixels": d.max_image_pixels,
+            "skip_bad": d.skip_bad_images,
+            "encoded": encoded,
+        }
         eval_side = eval_decode_side(prep) if d.jpeg_draft else None
         if cfg.finetune.cache_features:  # each image's features are computed once: no augmentation
             transform, train_side = eval_transform(prep), eval_side
@@ -50,6 +64,19 @@ class Classification(Task):
         train = ImageDataset(split.train, split.classes, transform, min_side=train_side, **common)
         val = ImageDataset(split.val, split.classes, eval_transform(prep), min_side=eval_side, **common)
         return train, val
+
+    def device_transforms(self, cfg, prep, num_classes: int) -> tuple[BatchTransform, BatchTransform]:
+        aug = cfg.data.augment
+        evaluate = BatchTransform(eval_ops(prep), normalize_ops(prep))
+        if cfg.finetune.cache_features:
+            return evaluate, evaluate
+        train = BatchTransform(
+            [*train_ops(prep, aug), *policy_ops(aug)],
+            normalize_ops(prep),
+            after_normalize=erasing_ops(aug),
+            batch_ops=self.collate(cfg, num_classes, train=True).mix,
+        )
+        return train, evaluate
 
     def collate(self, cfg, num_classes: int, train: bool) -> Collate:
         mix = batch_mix(cfg.data.augment, num_classes) if train and not cfg.data.multilabel else None

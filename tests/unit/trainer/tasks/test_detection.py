@@ -172,6 +172,24 @@ def test_joint_transforms_keep_boxes_on_their_objects(seed, tmp_path):
                 assert box[2] > box[0] and box[3] > box[1]
 
 
+def test_cached_images_give_the_same_boxes_and_pixels(small_coco, tmp_path):
+    """`data.cache: ram` keeps detection images at full size: boxes and pixels as from disk."""
+    import shutil
+
+    data = tmp_path / "coco"
+    shutil.copytree(small_coco, data)
+    dataset = BoxDataset(read_detection(str(data / "train")), detection_eval_transform())
+    expected = [dataset[i] for i in range(3)]
+    dataset.cache_images([0, 1, 2], threads=2)
+    images = sorted(data.glob("train/**/*.png"))
+    for image in images:
+        image.unlink()
+    assert len(images) == 12
+    for i, (x, target) in enumerate(expected):
+        y, cached = dataset[i]
+        assert torch.equal(x, y) and torch.equal(target["boxes"], cached["boxes"])
+
+
 def _overlaps_another(boxes: np.ndarray, i: int) -> bool:
     a = boxes[i]
     return any(
@@ -323,6 +341,7 @@ def test_config_rejects_settings_detection_cannot_use(small_coco):
         ("model.trainable_backbone_layers=2", "model.trainable_backbone_layers"),
         ("data.augment.mixup_alpha=0.2", "data.augment.mixup_alpha"),
         ("data.format=maskfolder", "data.format"),
+        ("data.decode=gpu", "data.decode"),  # boxes go through the CPU transforms
     ]:
         paths = [f"data.train={small_coco}/train", f"data.val={small_coco}/val"]
         result = vft("validate", ROOT / "configs/shapes_detection.yaml", *paths, override)
