@@ -29,6 +29,7 @@ from serving.evaluate.pipeline import evaluate_run
 from serving.export.base import EXPORTERS, ExportOptions, Thresholds, parse_formats
 from serving.export.pipeline import export_run
 from serving.runtime.registry import backend_names, check_servable
+from trainer.components import checkpoint as ckpt
 from trainer.components.robustness import ATTACKS, list_corruptions
 from trainer.console import err, fail
 from trainer.driver import init_ray
@@ -52,7 +53,9 @@ class TrtPrecision(str, Enum):
 
 
 def export(
-    run_dir: Annotated[Path, typer.Argument(help="a run directory of `vft train` (or `vft tune`'s best)")],
+    run_dir: Annotated[
+        str, typer.Argument(help="a run directory of `vft train` or `vft tune` (or its s3:// or gs:// URI)")
+    ],
     formats: Annotated[
         str | None,
         typer.Option(
@@ -84,7 +87,7 @@ def export(
     except VftError as exc:
         fail(str(exc), exc.exit_code)
     out.print(export_table(report))
-    out.print(f"report: {Path(run_dir, 'export', 'report.json')}")
+    out.print(f"report: {ckpt.join(run_dir, 'export', 'report.json')}")
     unavailable = {f: r for f, r in report["formats"].items() if r["status"] == "unavailable"}
     for fmt, result in unavailable.items():
         err.print(f"{fmt}: not built: {result['reason']}", style="yellow", markup=False, highlight=False)
@@ -140,7 +143,9 @@ def export_table(report: dict) -> Table:
 
 
 def serve(
-    run_dir: Annotated[Path, typer.Argument(help="a run directory, exported for onnx/int8/tensorrt")],
+    run_dir: Annotated[
+        str, typer.Argument(help="a run directory exported for onnx/int8/tensorrt (or its s3:// URI)")
+    ],
     backend: Annotated[Backend, typer.Option(help="inference backend")] = Backend["onnx"],
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="HTTP port")] = 8000,
@@ -156,7 +161,8 @@ def serve(
     score_threshold: Annotated[float, typer.Option(min=0, max=1, help="detection: least box score")] = 0.25,
 ) -> None:
     """Serve RUN_DIR with Ray Serve: POST /v1/predict, GET /v1/model, /healthz, /docs. Ctrl-C stops."""
-    args = ServeArgs(run_dir=str(run_dir.resolve()), backend=backend.value, max_batch_size=max_batch_size,
+    where = run_dir if ckpt.is_remote(run_dir) else str(Path(run_dir).resolve())
+    args = ServeArgs(run_dir=where, backend=backend.value, max_batch_size=max_batch_size,
                      batch_wait_timeout_s=batch_wait_ms / 1000, score_threshold=score_threshold)  # fmt: skip
     try:
         check_servable(run_dir, backend.value)
@@ -222,7 +228,7 @@ def predict(
 
 
 def evaluate(
-    run_dir: Annotated[Path, typer.Argument(help="a run directory (exported for onnx/int8)")],
+    run_dir: Annotated[str, typer.Argument(help="a run directory, exported for onnx/int8 (or its URI)")],
     data: Annotated[list[str], typer.Option(help="PATH or NAME=PATH; repeat for more domains")],
     backend: Annotated[Backend, typer.Option(help="torch (the checkpoint) or an export")] = Backend["torch"],
     name: Annotated[
@@ -253,7 +259,7 @@ def evaluate(
         fail(str(exc), exc.exit_code)
     for title, header, rows in evaluation.tables:
         out.print(table_of(title, header, rows))
-    out.print(f"report: {Path(run_dir, 'eval', evaluation.report['name'], 'report.md')}")
+    out.print(f"report: {ckpt.join(run_dir, 'eval', evaluation.report['name'], 'report.md')}")
 
 
 def split_list(text: str, kind, option: str = "") -> list:

@@ -3,6 +3,7 @@ attacks) the adversarial suite on one backend; the report written and its summar
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -12,7 +13,8 @@ from serving.evaluate.corruptions import corruption_suite
 from serving.evaluate.domains import image_count, load_domain, score
 from serving.evaluate.report import Table, summary_tables, write_report
 from serving.runtime.registry import check_servable, create_backend
-from serving.runtime.rundir import checkpoint_dir, read_run_meta
+from serving.runtime.rundir import checkpoint_dir, fetch_run_dir, read_run_meta
+from trainer.components import checkpoint as ckpt
 from trainer.components import robustness as R
 from trainer.tasks.base import model_from_checkpoint, task_of
 
@@ -24,6 +26,20 @@ class Evaluation:
 
 
 def evaluate_run(
+    run_dir: str | Path, domains: list[tuple[str, Path]], backend: str, name: str, opts: EvalOptions
+) -> Evaluation:
+    """Evaluate and write RUN_DIR/eval/NAME/. A run in object storage is evaluated in a local
+    copy, whose eval/NAME/ is then copied to the run."""
+    if not ckpt.is_remote(str(run_dir)):
+        return evaluate_local(Path(run_dir), domains, backend, name, opts)
+    local = fetch_run_dir(str(run_dir))
+    evaluation = evaluate_local(local, domains, backend, name, opts)
+    ckpt.publish(local / "eval" / name, ckpt.join(str(run_dir), "eval", name))
+    shutil.rmtree(local, ignore_errors=True)
+    return evaluation
+
+
+def evaluate_local(
     run_dir: Path, domains: list[tuple[str, Path]], backend: str, name: str, opts: EvalOptions
 ) -> Evaluation:
     unknown = [c for c in opts.corruptions if c not in R.list_corruptions()]

@@ -17,7 +17,7 @@ from serving.export.base import EXPORTERS, ExportError, ExportOptions, with_requ
 from serving.export.parity import first, monitored_value, parity_batches, run_batches
 from serving.export.timing import speeds, timing_inputs
 from serving.runtime.registry import create_backend
-from serving.runtime.rundir import EXPORT_DIR, checkpoint_dir, read_run_meta, run_config
+from serving.runtime.rundir import EXPORT_DIR, checkpoint_dir, fetch_run_dir, read_run_meta, run_config
 from serving.runtime.torch_backend import TorchBackend
 from trainer.components import checkpoint as ckpt
 from trainer.components.deploy import Batches
@@ -40,8 +40,20 @@ class Check:
     timing: dict[int, Any]
 
 
-def export_run(run_dir: Path, opts: ExportOptions) -> dict:
-    """Export, check, time; write RUN_DIR/export/report.json and return the report."""
+def export_run(run_dir: str | Path, opts: ExportOptions) -> dict:
+    """Export, check, time; write RUN_DIR/export/report.json and return the report. A run in
+    object storage is exported in a local copy, whose export/ then replaces the run's."""
+    if not ckpt.is_remote(str(run_dir)):
+        return export_local(Path(run_dir), opts)
+    local = fetch_run_dir(str(run_dir))
+    report = export_local(local, opts) | {"run_dir": str(run_dir)}
+    (local / EXPORT_DIR / "report.json").write_text(json.dumps(report, indent=2))
+    ckpt.publish(local / EXPORT_DIR, ckpt.join(str(run_dir), EXPORT_DIR))
+    shutil.rmtree(local, ignore_errors=True)
+    return report
+
+
+def export_local(run_dir: Path, opts: ExportOptions) -> dict:
     best = checkpoint_dir(run_dir)
     meta = read_run_meta(run_dir)
     task = task_of(meta)

@@ -11,10 +11,11 @@ import pyarrow.fs as pafs
 
 from serving.runtime.base import BackendError
 from trainer.components import checkpoint as ckpt
+from trainer.components.remote_data import localize
 from trainer.config import VftConfig, load_config
 from trainer.tasks.base import task_of
 
-EXPORT_DIR = "export"
+EXPORT_DIR, CONFIG_FILE = "export", "config.yaml"
 ONNX_FILE, INT8_FILE, PLAN_FILE = "model.onnx", "model.int8.onnx", "model.plan"
 
 
@@ -44,17 +45,23 @@ def read_run_meta(run_dir: str | Path) -> dict:
 
 
 def run_config(run_dir: Path, data: Path | None = None) -> VftConfig:
-    """RUN_DIR/config.yaml, with `data.val` replaced by `data` when given."""
-    return load_config(Path(run_dir, "config.yaml"), [f"data.val={data}"] if data else [])
+    """RUN_DIR/config.yaml, with `data.val` replaced by `data` when given; datasets in object
+    storage are read through this machine's copy."""
+    cfg = load_config(Path(run_dir, CONFIG_FILE), [f"data.val={data}"] if data else [])
+    return cfg.with_data_paths(localize)
 
 
 def fetch_run_dir(uri: str) -> Path:
     """A run directory as a local path. From object storage (s3://, gs://) best/ (without the
-    resume state) and export/ are copied to a temporary folder that lives with the process."""
+    resume state), export/ and config.yaml are copied to a temporary folder that lives with the
+    process."""
     if not ckpt.is_remote(uri):
         return Path(uri)
-    local = Path(tempfile.mkdtemp(prefix="vft-serve-"))
+    local = Path(tempfile.mkdtemp(prefix="vft-run-"))
     fs, root = pafs.FileSystem.from_uri(uri)
+    if fs.get_file_info(f"{root}/{CONFIG_FILE}").type == pafs.FileType.File:
+        with fs.open_input_stream(f"{root}/{CONFIG_FILE}") as src:
+            (local / CONFIG_FILE).write_bytes(src.read())
     for sub in ("best", EXPORT_DIR):
         selector = pafs.FileSelector(f"{root}/{sub}", allow_not_found=True, recursive=True)
         for info in fs.get_file_info(selector):

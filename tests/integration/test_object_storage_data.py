@@ -1,28 +1,39 @@
 """Datasets in object storage: a real S3-protocol server on localhost (moto's standalone server
 from `make tools`), read through pyarrow exactly as on a cluster: the copy into the per-machine
-cache, its reuse and refresh, the errors, and the worker's setup reading s3:// paths."""
+cache, its reuse and refresh, the errors, the worker's setup reading s3:// paths, and a whole
+run (train, a killed worker, resume, export, serve) with its data and run directory in S3."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pyarrow.fs as pafs
 import pytest
+import requests
 import torch
-from local_ray import free_ports
+from local_ray import clean_env, free_ports
+from train_tools import SMALL_MODEL
+from typer.testing import CliRunner
 
+from trainer.cli import app
 from trainer.components.remote_data import MARKER, localize
+from trainer.components.runlog import read_metrics_csv
 from trainer.config import load_config
 from trainer.engine.assemble import setup
 from trainer.errors import DataError
 from trainer.tasks.base import get_task
 
 ROOT = Path(__file__).resolve().parents[2]
+VFT = [sys.executable, "-m", "trainer.cli"]
+PNG = {"Content-Type": "image/png"}
 MOTO = ROOT / ".tools" / "moto" / "bin" / "moto_server"
 
 
@@ -135,3 +146,81 @@ def test_a_worker_reads_its_s3_dataset_through_the_cache(s3, digits_dir, tmp_pat
     assert images.shape[1:] == (3, 32, 32) and len(job.train_loader.dataset) == 60
     assert job.cfg.data.train.startswith(str(tmp_path / "cache"))
     shutil.rmtree(tmp_path / "cache")
+
+
+def test_train_kill_a_worker_resume_export_eval_and_serve_all_from_s3(s3, digits_dir, tmp_path):
+    """Data and runs on the same S3 server, as on a cluster. `vft train` runs as a shell runs it
+    (its own local Ray cluster, whose processes get the AWS_* variables): one of its two Train
+    workers is killed after the first epoch and Ray Train resumes from the checkpoint in S3;
+    then `vft export`, `vft eval` and `vft serve` work from the s3:// run directory."""
+    fs, bucket = s3
+    upload_digits(fs, bucket, digits_dir, per_class=15)
+    run = f"s3://{bucket}/runs/s3run"
+    env = clean_env()  # the test's AWS_* variables and data cache, no Ray address
+    log = tmp_path / "train.log"
+    args = [
+        "train", ROOT / "configs/digits.yaml", f"data.train=s3://{bucket}/digits/train",
+        f"data.val=s3://{bucket}/digits/val", f"run.storage=s3://{bucket}/runs", "train.epochs=3",
+        "run.max_failures=1", "data.num_workers=0", SMALL_MODEL, "--name", "s3run", "--quiet",
+    ]  # fmt: skip
+    with log.open("w") as out:
+        train = subprocess.Popen(
+            [*VFT, *map(str, args)],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 240
+        while not read_metrics_csv(f"{run}/metrics.csv"):
+            assert train.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.5)
+        first_epoch = read_metrics_csv(f"{run}/metrics.csv")[0]
+        workers = [
+            p
+            for p in psutil.Process(train.pid).children(recursive=True)
+            if "RayTrainWorker" in " ".join(p.cmdline())
+        ]
+        assert len(workers) == 2, [p.cmdline() for p in workers]
+        workers[0].kill()
+        assert train.wait(timeout=300) == 0, log.read_text()
+    finally:
+        if train.poll() is None:
+            os.killpg(train.pid, signal.SIGKILL)
+    history = read_metrics_csv(f"{run}/metrics.csv")
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    assert history[0] == first_epoch  # not trained again after the restart
+
+    exported = CliRunner().invoke(app, ["export", run, "--format", "onnx", "--check"])
+    assert exported.exit_code == 0, exported.output
+    assert fs.get_file_info(f"{bucket}/runs/s3run/export/model.onnx").type == pafs.FileType.File
+    args = ["eval", run, "--data", str(digits_dir / "val"), "--corruptions", "none", "--attacks", "none"]
+    evaluated = CliRunner().invoke(app, [*args, "--backend", "onnx", "--max-images", "50"])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert fs.get_file_info(f"{bucket}/runs/s3run/eval/onnx/report.md").type == pafs.FileType.File
+
+    port = free_ports(1)[0]
+    serve_log = tmp_path / "serve.log"
+    with serve_log.open("w") as out:
+        serve = subprocess.Popen(
+            [*VFT, "serve", run, "--port", str(port), "--cpus-per-replica", "0.5"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 150
+        while f"127.0.0.1:{port}" not in serve_log.read_text():
+            assert serve.poll() is None and time.monotonic() < deadline, serve_log.read_text()
+            time.sleep(0.5)
+        image = sorted((digits_dir / "val" / "7").glob("*.png"))[0]
+        answer = requests.post(
+            f"http://127.0.0.1:{port}/v1/predict", data=image.read_bytes(), headers=PNG, timeout=60
+        )
+        assert answer.status_code == 200, answer.text
+        assert {p["label"] for p in answer.json()["predictions"]} <= {str(d) for d in range(10)}
+        serve.send_signal(signal.SIGINT)
+        assert serve.wait(timeout=60) == 0, serve_log.read_text()
+    finally:
+        if serve.poll() is None:
+            os.killpg(serve.pid, signal.SIGKILL)
