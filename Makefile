@@ -59,7 +59,7 @@ lint: venv
 	$(BIN)/lint-imports
 
 test: venv lint tools
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=20
 
 # tests/unit/ only: no Ray cluster, helm, servers or training runs (about 2.5 minutes on 2 cores)
 test-fast: venv lint
