@@ -11,11 +11,14 @@ normalisation.
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
+from PIL import Image
 from torch import nn
 
 from trainer.registry import Registry
@@ -83,9 +86,15 @@ def contrast(images: torch.Tensor, severity: int, gen: torch.Generator) -> torch
 
 @CORRUPTIONS.register("jpeg_compression")
 def jpeg_compression(images: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Tensor:
+    """Re-encoded by Pillow at ImageNet-C's qualities, as ImageNet-C itself does."""
     quality = (25, 18, 15, 10, 7)[severity - 1]
-    as_bytes = (images * 255).round().to(torch.uint8).cpu()
-    return TF.jpeg(as_bytes, quality).to(images.device, torch.float32) / 255
+    pixels = (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    out = []
+    for image in pixels:
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, "JPEG", quality=quality)
+        out.append(np.asarray(Image.open(buffer).convert("RGB")))
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).to(images.device, torch.float32) / 255
 
 
 @CORRUPTIONS.register("pixelate")
