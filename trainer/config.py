@@ -108,8 +108,11 @@ class DataConfig(_Strict):
         description="ram: each worker decodes its own shard of the training images once and keeps "
         "them in memory (downscaled to what the crop needs, for classification): for datasets that fit",
     )
-    decode: Literal["auto", "cpu"] = Field(
-        "auto", description="where images are decoded: cpu (loader processes); a task may add gpu"
+    decode: Literal["auto", "cpu", "gpu"] = Field(
+        "auto",
+        description="where JPEGs are decoded: gpu (in batches on the worker's GPU, where the "
+        "augmentation runs too; loader processes only read files), cpu (loader processes), "
+        "auto (gpu when the worker has one)",
     )
 
     @field_validator("train", "val")
@@ -304,6 +307,12 @@ class VftConfig(_Strict):
 
     def default_monitor(self) -> str:
         raise NotImplementedError
+
+    @model_validator(mode="after")
+    def _decode_needs_gpus(self) -> VftConfig:
+        if self.data.decode == "gpu" and self.scaling.use_gpu is False:
+            raise ValueError("data.decode: 'gpu' needs GPU workers, and scaling.use_gpu is false")
+        return self
 
     @model_validator(mode="after")
     def _resolve_monitor(self) -> VftConfig:

@@ -131,9 +131,39 @@ class BatchTransform:
         return batch, targets
 
 
+class JointBatchTransform:
+    """For datasets of images with annotations (boxes, masks): each decoded image goes through
+    its dataset's own joint transform (`transform_pair`, on the device) with the annotation of
+    its sample (the batch's targets are sample indices), then the task's collate."""
+
+    def __init__(self, dataset, collate):
+        self.dataset, self.collate = dataset, collate
+
+    def __call__(self, images: list[torch.Tensor], indices: torch.Tensor):
+        samples = [
+            self.dataset.transform_pair(tv_tensors.Image(image), i)
+            for image, i in zip(images, indices.tolist(), strict=True)
+        ]
+        batch, targets, _ = self.collate(samples)
+        return batch, targets
+
+
+class EncodedCollate:
+    """A batch of (Encoded, target) pairs: the Encoded as a list (the device decoder stacks them)
+    and the targets stacked; skipped (None) samples dropped and counted."""
+
+    def __call__(self, batch):
+        good = [item for item in batch if item is not None]
+        skipped = len(batch) - len(good)
+        if not good:
+            return None, None, skipped
+        return [item for item, _ in good], torch.stack([torch.as_tensor(t) for _, t in good]), skipped
+
+
 class DeviceDecodeLoader:
-    """A DataLoader whose batches hold Encoded images, yielding what the CPU path's loader
-    yields: (images, targets, skipped) with the images decoded and transformed on `device`."""
+    """A DataLoader whose batches hold Encoded images (collated by EncodedCollate), yielding
+    what the CPU path's loader yields: (images, targets, skipped) with the images decoded and
+    transformed on `device` by `transform(images, targets)` (the dataset's `batch_transform`)."""
 
     def __init__(
         self,

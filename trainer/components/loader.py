@@ -9,7 +9,9 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torchvision.transforms.v2.functional import pil_to_tensor
 
+from trainer.components.device_decode import Encoded, JointBatchTransform, read_encoded
 from trainer.components.images import DEFAULT_MAX_PIXELS, BadImageError, open_image
 from trainer.components.ram_cache import RamCache
 
@@ -19,10 +21,21 @@ class JointDataset(Dataset):
     fields) through one joint transform, decoded on access. A bad image raises BadImageError
     naming the file, or, with `skip_bad`, yields None (dropped and counted by the collate)."""
 
-    def __init__(self, samples, transform, max_pixels: int = DEFAULT_MAX_PIXELS, skip_bad: bool = False):
+    def __init__(
+        self,
+        samples,
+        transform,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        skip_bad: bool = False,
+        collate=None,
+        encoded: bool = False,
+    ):
         self.samples, self.transform = samples, transform
         self.max_pixels, self.skip_bad = max_pixels, skip_bad
         self.cache: RamCache | None = None
+        # `encoded`: items are (Encoded, sample index); the device decoder calls transform_pair
+        self.encoded = encoded
+        self.batch_transform = JointBatchTransform(self, collate) if encoded else None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -37,8 +50,12 @@ class JointDataset(Dataset):
     def __getitem__(self, i: int):
         if self.cache is not None and i in self.cache:
             image = self.cache.image(i)
-            return None if image is None else self.transform_pair(image, i)
+            if image is None or self.encoded:
+                return None if image is None else (Encoded(self.samples.images[i], pil_to_tensor(image)), i)
+            return self.transform_pair(image, i)
         try:
+            if self.encoded:
+                return read_encoded(self.samples.images[i], self.max_pixels), i
             image = open_image(self.samples.images[i], self.max_pixels)
         except BadImageError:
             if self.skip_bad:
@@ -47,7 +64,8 @@ class JointDataset(Dataset):
         return self.transform_pair(image, i)
 
     def transform_pair(self, image, i: int):
-        """The transformed (image, annotation) of sample `i`."""
+        """The transformed (image, annotation) of sample `i` (`image`: a PIL image, or an image
+        tensor on the device decoder's device)."""
         raise NotImplementedError
 
 

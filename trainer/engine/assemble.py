@@ -12,7 +12,7 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from torch.utils.data import DataLoader
 
-from trainer.components.device_decode import DeviceDecodeLoader
+from trainer.components.device_decode import DeviceDecodeLoader, EncodedCollate
 from trainer.components.finetune import ParamLayout, Stage, param_groups, param_layout
 from trainer.components.loader import make_loader
 from trainer.components.lora import LoraSettings, apply_lora
@@ -173,7 +173,7 @@ def _setup_model(built: BuiltModel, *, device: torch.device, sync_bn: bool, chan
 
 def resolve_decode(decode: str, device: torch.device) -> str:
     """Where this worker decodes images: 'cpu' (loader processes) or 'device' (batches on its
-    GPU, for tasks with device transforms)."""
+    GPU, for tasks with `device_decoding`)."""
     if device.type == "cuda":
         return "cpu" if decode == "cpu" else "device"
     if decode == "gpu":
@@ -197,12 +197,12 @@ def _setup_data(
     cache: bool = False,
 ) -> tuple[DataLoader | DeviceDecodeLoader, DataLoader | DeviceDecodeLoader]:
     """The task's datasets and collate functions in sharded (or class-balanced) loaders; with
-    `decode='device'`, loaders of undecoded images that decode and transform on `device`; with
+    `decode='device'` (and a task with `device_decoding`), loaders of undecoded images that
+    decode and transform on `device`; with
     `cache`, each keeps its shard's images decoded in memory (filled here, before the loader
     processes start)."""
-    n = len(split.classes)
-    transforms = task.device_transforms(cfg, prep, n) if decode == "device" else None
-    train_ds, val_ds = task.build_datasets(cfg, split, prep, encoded=transforms is not None)
+    n, encoded = len(split.classes), decode == "device" and task.device_decoding
+    train_ds, val_ds = task.build_datasets(cfg, split, prep, encoded=encoded)
     pin = device.type == "cuda"
     common = {"batch_size": batch_size, "num_workers": num_workers, "rank": rank, "world": world}
     train = make_loader(
@@ -211,22 +211,21 @@ def _setup_data(
         seed=seed,
         balance_labels=task.balance_labels(cfg, train_ds),
         pin_memory=pin,
-        collate_fn=task.collate(cfg, n, train=True),
+        collate_fn=EncodedCollate() if encoded else task.collate(cfg, n, train=True),
         fixed_shard=cache,
         **common,
     )
-    val = make_loader(
-        val_ds, train=False, pin_memory=pin, collate_fn=task.collate(cfg, n, train=False), **common
-    )
+    val_collate = EncodedCollate() if encoded else task.collate(cfg, n, train=False)
+    val = make_loader(val_ds, train=False, pin_memory=pin, collate_fn=val_collate, **common)
     if cache:
         for loader in (train, val):
             loader.dataset.cache_images(sorted(set(loader.sampler.indices)), threads=max(1, num_workers))
-    if transforms is None:
+    if not encoded:
         return train, val
-    skip_bad, (train_transform, eval_transform) = cfg.data.skip_bad_images, transforms
+    skip_bad = cfg.data.skip_bad_images
     return (
-        DeviceDecodeLoader(train, device, train_transform, skip_bad),
-        DeviceDecodeLoader(val, device, eval_transform, skip_bad),
+        DeviceDecodeLoader(train, device, train_ds.batch_transform, skip_bad),
+        DeviceDecodeLoader(val, device, val_ds.batch_transform, skip_bad),
     )
 
 

@@ -81,6 +81,7 @@ class Task:
     name: str = ""
     config: type[VftConfig]  # the task's config class (`trainer/tasks/<task>/config.py`)
     draws_predictions: bool = False  # plot_predictions draws something
+    device_decoding: bool = False  # build_datasets(encoded=True) works: images decode on the GPU
 
     # -- data
     def read_data(self, cfg: VftConfig) -> DataSplit:
@@ -93,17 +94,11 @@ class Task:
     def build_datasets(
         self, cfg: VftConfig, split: DataSplit, prep: Preprocessing, encoded: bool = False
     ) -> tuple[Dataset, Dataset]:
-        """Train and val datasets with the train/eval transforms applied; `encoded` (only for a
-        task with `device_transforms`): datasets of undecoded images (`Encoded`) instead."""
+        """Train and val datasets with the train/eval transforms applied. `encoded` (for a task
+        with `device_decoding`): their items are (Encoded, target) instead, and each dataset's
+        `batch_transform(images, targets)` turns a batch decoded on the device into what the
+        CPU path's collate returns (without the skipped count)."""
         raise NotImplementedError
-
-    def device_transforms(
-        self, cfg: VftConfig, prep: Preprocessing, num_classes: int
-    ) -> tuple[Callable, Callable] | None:
-        """`data.decode: gpu`: the train and eval transforms of a batch decoded on the device
-        (a list of uint8 images of any size and the targets, to (batch, targets)); None: the
-        task decodes on the CPU only."""
-        return None
 
     def collate(self, cfg: VftConfig, num_classes: int, train: bool) -> Callable:
         """A collate function returning (images, targets, skipped_count)."""

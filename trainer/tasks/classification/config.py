@@ -62,12 +62,6 @@ class ClassificationData(ImageInputDataConfig):
         description="decode JPEGs at the smallest DCT scale (1/2, 1/4, 1/8) that keeps the "
         "resolution the crop needs: camera photos load several times faster",
     )
-    decode: Literal["auto", "cpu", "gpu"] = Field(
-        "auto",
-        description="where JPEGs are decoded: gpu (in batches on the worker's GPU, where the "
-        "augmentation runs too; loader processes only read files), cpu (loader processes, "
-        "jpeg_draft applies), auto (gpu when the worker has one)",
-    )
 
 
 class ClassificationLoss(LossConfig):
@@ -118,8 +112,6 @@ class ClassificationConfig(VftConfig):
     def _consistent(self) -> ClassificationConfig:
         if self.train.monitor == ROBUST_METRIC and not self.train.robust_val:
             raise ValueError(f"train.monitor: {ROBUST_METRIC} needs train.robust_val=true")
-        if self.data.decode == "gpu" and self.scaling.use_gpu is False:
-            raise ValueError("data.decode: 'gpu' needs GPU workers, and scaling.use_gpu is false")
         if self.data.cache == "ram" and self.data.balanced_sampling:
             raise ValueError(
                 "data.cache: 'ram' keeps each worker's own shard; balanced_sampling draws from every image"

@@ -138,6 +138,7 @@ class ImageDataset(Dataset):
         self.skip_bad = skip_bad
         self.min_side = min_side  # JPEGs decode at the smallest DCT scale keeping this side
         self.encoded = encoded
+        self.batch_transform = None  # encoded: set by the task (the device decoder's transform)
         self.cache: RamCache | None = None
 
     def __len__(self) -> int:
@@ -177,8 +178,7 @@ class ImageDataset(Dataset):
 
 
 class Collate:
-    """Stacks a batch, drops skipped (None) samples and counts them, applies MixUp/CutMix.
-    Undecoded images (`Encoded`) stay a list: the device decoder stacks and mixes them."""
+    """Stacks a batch, drops skipped (None) samples and counts them, applies MixUp/CutMix."""
 
     def __init__(self, mix=None):
         self.mix = mix
@@ -188,10 +188,8 @@ class Collate:
         skipped = len(batch) - len(good)
         if not good:
             return None, None, skipped
-        targets = torch.stack([torch.as_tensor(t) for _, t in good])
-        if isinstance(good[0][0], Encoded):
-            return [img for img, _ in good], targets, skipped
         images = torch.stack([img for img, _ in good])
+        targets = torch.stack([torch.as_tensor(t) for _, t in good])
         if self.mix is not None:
             images, targets = self.mix(images, targets)
         return images, targets, skipped

@@ -35,6 +35,7 @@ from trainer.tasks.classification.serve import ClassificationHandler
 class Classification(Task):
     name = "classification"
     config = ClassificationConfig
+    device_decoding = True
 
     def read_data(self, cfg) -> DataSplit:
         d = cfg.data
@@ -63,20 +64,19 @@ class Classification(Task):
             train_side = train_decode_side(prep, d.augment) if d.jpeg_draft else None
         train = ImageDataset(split.train, split.classes, transform, min_side=train_side, **common)
         val = ImageDataset(split.val, split.classes, eval_transform(prep), min_side=eval_side, **common)
+        if encoded:
+            val.batch_transform = BatchTransform(eval_ops(prep), normalize_ops(prep))
+            train.batch_transform = (
+                val.batch_transform
+                if cfg.finetune.cache_features
+                else BatchTransform(
+                    [*train_ops(prep, d.augment), *policy_ops(d.augment)],
+                    normalize_ops(prep),
+                    after_normalize=erasing_ops(d.augment),
+                    batch_ops=self.collate(cfg, len(split.classes), train=True).mix,
+                )
+            )
         return train, val
-
-    def device_transforms(self, cfg, prep, num_classes: int) -> tuple[BatchTransform, BatchTransform]:
-        aug = cfg.data.augment
-        evaluate = BatchTransform(eval_ops(prep), normalize_ops(prep))
-        if cfg.finetune.cache_features:
-            return evaluate, evaluate
-        train = BatchTransform(
-            [*train_ops(prep, aug), *policy_ops(aug)],
-            normalize_ops(prep),
-            after_normalize=erasing_ops(aug),
-            batch_ops=self.collate(cfg, num_classes, train=True).mix,
-        )
-        return train, evaluate
 
     def collate(self, cfg, num_classes: int, train: bool) -> Collate:
         mix = batch_mix(cfg.data.augment, num_classes) if train and not cfg.data.multilabel else None

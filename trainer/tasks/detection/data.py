@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torchvision import tv_tensors
+from torchvision.transforms.v2 import functional as F
 
 from trainer.components.loader import JointDataset
 from trainer.errors import DataError
@@ -244,7 +245,7 @@ class BoxDataset(JointDataset):
             "boxes": tv_tensors.BoundingBoxes(
                 torch.from_numpy(self.samples.boxes[i]),
                 format="XYXY",
-                canvas_size=(image.height, image.width),
+                canvas_size=tuple(F.get_size(image)),
             ),
             "labels": torch.from_numpy(self.samples.labels[i]) + 1,
         }

@@ -74,6 +74,7 @@ class DetectionPreprocessing:
 
 class Detection(Task):
     name = "detection"
+    device_decoding = True
     config = DetectionConfig
     draws_predictions = True
 
@@ -95,9 +96,10 @@ class Detection(Task):
             raise DataError(f"data.train: {cfg.data.train} has no boxes")
         return split.classes
 
-    def build_datasets(self, cfg, split: DataSplit, prep):
+    def build_datasets(self, cfg, split: DataSplit, prep, encoded: bool = False):
         d = cfg.data
-        common = {"max_pixels": d.max_image_pixels, "skip_bad": d.skip_bad_images}
+        common = {"max_pixels": d.max_image_pixels, "skip_bad": d.skip_bad_images, "encoded": encoded}
+        common["collate"] = BoxCollate()
         return (
             BoxDataset(split.train, detection_train_transform(d.augment), **common),
             BoxDataset(split.val, detection_eval_transform(), **common),

@@ -54,6 +54,7 @@ class SegmentationLoss:
 
 class Segmentation(Task):
     name = "segmentation"
+    device_decoding = True
     config = SegmentationConfig
     draws_predictions = True
 
@@ -79,9 +80,10 @@ class Segmentation(Task):
             raise DataError(f"loss.name: bce_dice is binary; {train} has {n} classes")
         return split.classes
 
-    def build_datasets(self, cfg, split: DataSplit, prep):
+    def build_datasets(self, cfg, split: DataSplit, prep, encoded: bool = False):
         d = cfg.data
-        common = {"max_pixels": d.max_image_pixels, "skip_bad": d.skip_bad_images}
+        common = {"max_pixels": d.max_image_pixels, "skip_bad": d.skip_bad_images, "encoded": encoded}
+        common["collate"] = MaskCollate()
         train = MaskDataset(split.train, train_transform(prep, d.augment, mask_fill=d.ignore_index), **common)
         val = MaskDataset(split.val, eval_transform(prep), **common)
         return train, val

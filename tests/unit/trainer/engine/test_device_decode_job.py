@@ -102,3 +102,42 @@ def test_where_a_worker_decodes():
     assert resolve_decode("cpu", cuda) == resolve_decode("auto", CPU) == resolve_decode("cpu", CPU) == "cpu"
     with pytest.raises(ConfigError, match="data.decode: 'gpu', but this worker has no GPU"):
         resolve_decode("gpu", CPU)
+
+
+def as_jpegs(root: Path) -> None:
+    """Every image under images/ re-encoded as a JPEG under its own name (Pillow and the device
+    decoder read the format from the bytes), so the annotations need no change."""
+    for image in root.glob("*/images/*.png"):
+        Image.open(image).convert("RGB").save(image, "JPEG", quality=92)
+
+
+@pytest.mark.parametrize("task", ["detection", "segmentation"])
+def test_joint_datasets_decode_on_the_device_with_their_annotations(task, monkeypatch, tmp_path):
+    """Boxes and masks go through the same joint transform on the device path: validation
+    batches equal the CPU path's, and a training step runs on them."""
+    if task == "detection":
+        from trainer.tasks.detection.shapes import shapes_detection as write
+    else:
+        from trainer.tasks.segmentation.shapes import shapes_segmentation as write
+    write(tmp_path, n_train=8, n_val=4, size=48, seed=2)
+    as_jpegs(tmp_path)
+    config = ROOT / f"configs/shapes_{task}.yaml"
+    overrides = [f"data.train={tmp_path}/train", f"data.val={tmp_path}/val", "data.num_workers=0"]
+    overrides += ["data.batch_size=4", "model.weights=none"] + (
+        ["model.backbone_weights=none"] if task == "detection" else []
+    )
+    jobs = {}
+    for decode in ("cpu", "device"):
+        monkeypatch.setattr(assemble, "resolve_decode", lambda mode, device, d=decode: d)
+        seed_everything(0)
+        jobs[decode] = setup(load_config(config, overrides), rank=0, world=1, device=CPU)
+    assert isinstance(jobs["device"].val_loader, DeviceDecodeLoader)
+    for (a, ta, _), (b, tb, _) in zip(jobs["cpu"].val_loader, jobs["device"].val_loader, strict=True):
+        if task == "detection":  # lists of images and of {boxes, labels}
+            assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+            assert all(torch.equal(x["boxes"], y["boxes"]) for x, y in zip(ta, tb, strict=True))
+        else:
+            assert torch.equal(a, b) and torch.equal(ta, tb)
+    job = jobs["device"]
+    set_stage(job, 0)
+    assert train_one_epoch(job, 0, WorkerProgress(None))["train/loss"] > 0

@@ -341,7 +341,6 @@ def test_config_rejects_settings_detection_cannot_use(small_coco):
         ("model.trainable_backbone_layers=2", "model.trainable_backbone_layers"),
         ("data.augment.mixup_alpha=0.2", "data.augment.mixup_alpha"),
         ("data.format=maskfolder", "data.format"),
-        ("data.decode=gpu", "data.decode"),  # boxes go through the CPU transforms
     ]:
         paths = [f"data.train={small_coco}/train", f"data.val={small_coco}/val"]
         result = vft("validate", ROOT / "configs/shapes_detection.yaml", *paths, override)
