@@ -54,3 +54,36 @@ def test_an_unreadable_batch_cannot_be_skipped_under_ddp(job):
     job.world = 2
     with pytest.raises(DataError, match="cannot be skipped"):
         train_one_epoch(job, 0, WorkerProgress(None))
+
+
+def test_early_stopping_stops_after_patience_epochs_without_a_min_delta_gain(digits_dir):
+    """Best by any gain; `patience` epochs in a row without a gain of `min_delta` stop the run."""
+    from types import SimpleNamespace
+
+    from trainer.engine.loop import track_best
+
+    cfg = load_config(
+        ROOT / "configs/digits.yaml",
+        [f"data.train={digits_dir}/train", "data.val=null"]
+        + [
+            "train.early_stopping.enabled=true",
+            "train.early_stopping.patience=2",
+            "train.early_stopping.min_delta=0.01",
+        ],
+    )
+    seen = []
+    job = SimpleNamespace(
+        cfg=cfg,
+        step=SimpleNamespace(schedule=SimpleNamespace(step_epoch=seen.append)),
+        best={},
+        bad_epochs=0,
+        history=[],
+    )
+    outcomes = [
+        track_best(job, {"epoch": e + 1, "val/top1": v}) for e, v in enumerate([0.5, 0.6, 0.605, 0.61])
+    ]
+    assert outcomes == [(True, False), (True, False), (True, False), (True, True)]
+    assert job.best == {"value": 0.61, "epoch": 4} and seen == [0.5, 0.6, 0.605, 0.61]
+    job.cfg = load_config(ROOT / "configs/digits.yaml", [f"data.train={digits_dir}/train", "data.val=null"])
+    job.best, job.bad_epochs = {}, 0
+    assert not any(track_best(job, {"epoch": e, "val/top1": 0.5})[1] for e in range(1, 10))  # off by default

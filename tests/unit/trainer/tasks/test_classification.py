@@ -278,3 +278,18 @@ def test_datasets_decode_jpegs_at_the_side_their_transforms_need(digits_dir):
         built = task.build_model(cfg, len(split.classes))
         train, val = task.build_datasets(cfg, split, task.build_preprocessing(cfg, built))
         assert (train.min_side, val.min_side) == sides
+
+
+def test_cutmix_pastes_a_patch_and_weighs_the_labels_by_its_area():
+    """Image 0 is black, image 1 white: after CutMix each image's share of white pixels is the
+    weight of label 1 in its target."""
+    from trainer.tasks.classification.augment import batch_mix
+    from trainer.tasks.classification.config import ClassificationAugment
+
+    mix = batch_mix(ClassificationAugment(cutmix_alpha=1.0), num_classes=2)
+    batch = [(torch.zeros(3, 32, 32), 0), (torch.ones(3, 32, 32), 1)]
+    torch.manual_seed(0)
+    images, targets, skipped = Collate(mix)(batch)
+    assert skipped == 0 and targets.shape == (2, 2) and 0 < float(targets[0, 1]) < 1
+    for image, target in zip(images, targets, strict=True):
+        assert float(image.mean()) == pytest.approx(float(target[1]), abs=1e-6)
