@@ -23,7 +23,7 @@ def build_tensorrt(run_dir: Path, graph: OnnxGraph, precision: str, max_batch: i
     import tensorrt as trt  # optional: only the gpu extra installs it
 
     opt = max(1, max_batch // 2)
-    key = engine_key(precision, 1, opt, max_batch)
+    key = engine_key(torch.cuda.get_device_name(), trt.__version__, precision, 1, opt, max_batch)
     cached = engine_cache(run_dir) / f"{key}.plan"
     source = export_path(run_dir, INT8_FILE if precision == "int8" else ONNX_FILE)
     if not source.is_file():

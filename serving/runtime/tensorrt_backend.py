@@ -28,18 +28,16 @@ def tensorrt_unavailable() -> str | None:
     return None
 
 
-def gpu_prefix() -> str:
-    """The GPU model and TensorRT version an engine is bound to, as its cache key begins."""
-    import tensorrt as trt  # optional: only the gpu extra installs it
-
-    gpu = torch.cuda.get_device_name().replace(" ", "_").replace("/", "_")
-    return f"{gpu}-trt{trt.__version__}-"
-
-
-def engine_key(precision: str, min_batch: int, opt_batch: int, max_batch: int) -> str:
+def engine_key(
+    gpu: str, trt_version: str, precision: str, min_batch: int, opt_batch: int, max_batch: int
+) -> str:
     """Engines only run on the GPU model and TensorRT version that built them: both are in the
     cache key, with the precision and the batch profile."""
-    return f"{gpu_prefix()}{precision}-b{min_batch}-{opt_batch}-{max_batch}"
+    return f"{_gpu_prefix(gpu, trt_version)}{precision}-b{min_batch}-{opt_batch}-{max_batch}"
+
+
+def _gpu_prefix(gpu: str, trt_version: str) -> str:
+    return f"{gpu.replace(' ', '_').replace('/', '_')}-trt{trt_version}-"
 
 
 def engine_cache(run_dir: Path) -> Path:
@@ -47,20 +45,30 @@ def engine_cache(run_dir: Path) -> Path:
 
 
 def find_engine(run_dir: Path) -> Path:
-    """RUN_DIR/export/model.plan when it was built for this GPU and TensorRT version, otherwise
-    the newest engine of the cache built for them."""
     import tensorrt as trt  # optional: only the gpu extra installs it
 
-    info, gpu = export_path(run_dir, PLAN_FILE + ".json"), torch.cuda.get_device_name()
-    if info.is_file():
-        built = json.loads(info.read_text())
-        if built.get("gpu") == gpu and built.get("tensorrt") == trt.__version__:
-            return export_path(run_dir, PLAN_FILE)
-    cached = sorted(engine_cache(run_dir).glob(f"{gpu_prefix()}*.plan"), key=os.path.getmtime)
+    return select_engine(run_dir, torch.cuda.get_device_name(), trt.__version__)
+
+
+def select_engine(run_dir: Path, gpu: str, trt_version: str) -> Path:
+    """RUN_DIR/export/model.plan when model.plan.json says it was built for this GPU model and
+    TensorRT version. Otherwise an engine of the cache built for them: the one with the
+    precision and batch profile the last export asked for, else the newest."""
+    info = export_path(run_dir, PLAN_FILE + ".json")
+    built = json.loads(info.read_text()) if info.is_file() else {}
+    if built.get("gpu") == gpu and built.get("tensorrt") == trt_version:
+        return export_path(run_dir, PLAN_FILE)
+    if profile := built.get("profile"):
+        batches = (profile["min"], profile["opt"], profile["max"])
+        wanted = engine_cache(run_dir) / f"{engine_key(gpu, trt_version, built['precision'], *batches)}.plan"
+        if wanted.is_file():
+            return wanted
+    prefix = _gpu_prefix(gpu, trt_version)
+    cached = sorted(engine_cache(run_dir).glob(f"{prefix}*.plan"), key=os.path.getmtime)
     if cached:
         return cached[-1]
     raise BackendError(
-        f"{run_dir}: no TensorRT engine for {gpu} with TensorRT {trt.__version__}; "
+        f"{run_dir}: no TensorRT engine for {gpu} with TensorRT {trt_version}; "
         f"run `vft export {run_dir} --format tensorrt` on this machine"
     )
 
