@@ -135,3 +135,20 @@ def test_cached_probe_trains_the_head_as_the_uncached_probe(digits_dir):
 def test_probe_and_lora_settings_that_cannot_apply_are_config_errors(digits_dir, overrides, message):
     with pytest.raises(ConfigError, match=message):
         make_job(digits_dir, *overrides)
+
+
+def test_an_fp16_runs_grad_scaler_scale_survives_a_resume(digits_dir, tmp_path):
+    """An overflow lowers the fp16 loss scale; RUN_DIR/last keeps it and a resumed job goes on
+    with it instead of the default."""
+    job = make_job(digits_dir, "train.precision=fp16", "model.name=test_resnet")
+    set_stage(job, 0)
+    images, targets, _ = first_batches(job, 1)[0]
+    job.step(images * float("inf"), targets)
+    scale = job.step.scaler.get_scale()
+    record = {"epoch": 1, "train/loss": 1.0, "val/top1": 0.5}
+    job.history.append(record)
+    save_epoch(job, 1, record, {}, True, str(tmp_path))
+    resumed = make_job(digits_dir, "train.precision=fp16", "model.name=test_resnet")
+    default = resumed.step.scaler.get_scale()
+    restore(resumed, str(tmp_path / "last"))
+    assert resumed.step.scaler.get_scale() == scale < default

@@ -87,3 +87,20 @@ def test_schedule_and_ema_advance_once_per_update():
 def test_auto_precision_is_fp32_on_cpu():
     assert resolve_precision("auto", torch.device("cpu")) == "fp32"
     assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
+
+
+def test_fp16_skips_a_step_whose_gradients_overflow_and_lowers_the_scale():
+    """GradScaler: an inf gradient leaves the weights as they were and halves the scale; the
+    next finite step updates them. With clipping, the gradients are unscaled first."""
+    step = tiny_step(precision="fp16", grad_clip=1.0)
+    scale = step.scaler.get_scale()
+    before = [p.detach().clone() for p in step.forward_model.parameters()]
+    x, y = batch()
+    step(x * float("inf"), y)
+    assert all(torch.equal(a, b) for a, b in zip(before, step.forward_model.parameters(), strict=True))
+    assert step.scaler.get_scale() == scale / 2
+    step(x, y)
+    moved = sum(
+        (p - b).norm() ** 2 for p, b in zip(step.forward_model.parameters(), before, strict=True)
+    ).sqrt()
+    assert 0 < moved <= 0.1 * 1.0 * 1.001  # clipped to norm 1 after unscaling, lr 0.1
