@@ -152,3 +152,29 @@ def test_an_fp16_runs_grad_scaler_scale_survives_a_resume(digits_dir, tmp_path):
     default = resumed.step.scaler.get_scale()
     restore(resumed, str(tmp_path / "last"))
     assert resumed.step.scaler.get_scale() == scale < default
+
+
+def test_ema_weights_are_what_validation_scores_best_holds_and_a_resume_restores(digits_dir, tmp_path):
+    job = make_job(digits_dir, "train.ema.enabled=true", "train.ema.decay=0.5", "model.name=test_resnet")
+    set_stage(job, 0)
+    job.train_loader = Batches(first_batches(job, 2))
+    train_one_epoch(job, 0, WorkerProgress(None))
+    ema = {k: v.detach().clone() for k, v in job.step.ema.module.state_dict().items()}
+    raw = job.model.state_dict()
+    assert any(not torch.equal(v, raw[k]) for k, v in ema.items() if v.is_floating_point())
+    scores, _ = evaluate(job)
+    with torch.no_grad():
+        for param in job.model.parameters():
+            param.zero_()  # the trained (non-averaged) weights are gone: validation must not notice
+    assert evaluate(job)[0] == scores
+    record = {"epoch": 1, "train/loss": 1.0, **scores}
+    job.history.append(record)
+    save_epoch(job, 1, record, {}, True, str(tmp_path))
+    saved = load_file(tmp_path / "best" / ckpt.MODEL_FILE)
+    assert saved.keys() == ema.keys()
+    for name, value in ema.items():
+        torch.testing.assert_close(saved[name], value)
+    resumed = make_job(digits_dir, "train.ema.enabled=true", "train.ema.decay=0.5", "model.name=test_resnet")
+    restore(resumed, str(tmp_path / "last"))
+    for name, value in resumed.step.ema.module.state_dict().items():
+        torch.testing.assert_close(value, ema[name])
