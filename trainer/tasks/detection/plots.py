@@ -25,12 +25,14 @@ def detection_predictions(
         keep = pred["scores"] >= min_score
         picture, truth, _ = upscale(to_uint8(image), target["boxes"])
         _, boxes, _ = upscale(image, pred["boxes"][keep])
-        picture = draw_bounding_boxes(picture, truth, colors="white", width=1)
+        if len(truth):  # torchvision warns on an empty box list
+            picture = draw_bounding_boxes(picture, truth, colors="white", width=1)
         labels = [
             f"{classes[int(k)]} {float(s):.2f}"
             for k, s in zip(pred["labels"][keep], pred["scores"][keep], strict=True)
         ]
         rgb = [tuple(int(255 * c) for c in colours(int(k) % 10)[:3]) for k in pred["labels"][keep]]
-        picture = draw_bounding_boxes(picture, boxes, labels, colors=rgb, width=2)
+        if len(boxes):
+            picture = draw_bounding_boxes(picture, boxes, labels, colors=rgb, width=2)
         panels.append((f"{int(keep.sum())} found, {len(target['boxes'])} true", picture))
     grid(panels, 4, path, f"predicted boxes (score >= {min_score}), truth in white")

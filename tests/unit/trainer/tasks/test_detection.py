@@ -348,3 +348,21 @@ def test_config_rejects_settings_detection_cannot_use(small_coco):
     digits = ["validate", ROOT / "configs/digits.yaml", f"data.train={small_coco}/train", "data.val=null"]
     result = vft(*digits, "loss.weights={classification: 1.0}")
     assert result.exit_code == 2 and "loss.weights: unknown key for task classification" in result.output
+
+
+def test_prediction_plots_draw_images_without_boxes_silently(tmp_path):
+    import warnings
+
+    from trainer.tasks.detection.plots import detection_predictions
+
+    image = torch.rand(3, 40, 40)
+    none = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long), "scores": torch.zeros(0)}
+    some = {
+        "boxes": torch.tensor([[2.0, 2.0, 20.0, 20.0]]),
+        "labels": torch.tensor([0]),
+        "scores": torch.tensor([0.9]),
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        detection_predictions([image, image], [none, some], [none, some], ["a"], tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 1000
