@@ -13,7 +13,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from torchvision import tv_tensors
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import v2 as T
@@ -28,15 +30,22 @@ EXIF_ORIENTATION = 0x0112
 class Encoded:
     """One image as a loader process hands it over: JPEG bytes for the device decoder (1-D
     uint8, with the EXIF orientation to apply after decoding), or pixels the loader decoded
-    already (uint8, channels first)."""
+    already (uint8, channels first). NumPy arrays, not tensors: a batch of tensors would cross
+    from the loader processes as one shared-memory file descriptor each."""
 
     path: str
-    data: torch.Tensor
+    data: np.ndarray
     orientation: int = 1
 
     @property
     def jpeg(self) -> bool:
-        return self.data.dim() == 1
+        return self.data.ndim == 1
+
+
+def decoded(path: str, image: Image.Image) -> Encoded:
+    """An RGB image decoded on the CPU already (a format the device decoder does not take, or a
+    cached one)."""
+    return Encoded(path, np.ascontiguousarray(np.asarray(image).transpose(2, 0, 1)))
 
 
 def read_encoded(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Encoded:
@@ -49,8 +58,8 @@ def read_encoded(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Encoded:
     with checked_image(raw, max_pixels, name=path) as img:
         if img.format == "JPEG" and img.mode in ("RGB", "L"):
             orientation = img.getexif().get(EXIF_ORIENTATION, 1)
-            return Encoded(path, torch.frombuffer(bytearray(raw), dtype=torch.uint8), orientation)
-    return Encoded(path, pil_to_tensor(open_image(raw, max_pixels, name=path)))
+            return Encoded(path, np.frombuffer(bytearray(raw), dtype=np.uint8), orientation)
+    return decoded(path, open_image(raw, max_pixels, name=path))
 
 
 def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
@@ -77,18 +86,19 @@ def decode_batch(
     """The batch's images as uint8 CHW tensors on `device`, and the indices of those kept (all,
     unless `skip_bad` dropped unreadable ones)."""
     images: list[torch.Tensor | None] = [
-        None if item.jpeg else item.data.to(device, non_blocking=True) for item in items
+        None if item.jpeg else torch.from_numpy(item.data).to(device, non_blocking=True) for item in items
     ]
     jpegs = [i for i, item in enumerate(items) if item.jpeg]
     if jpegs:
         try:
-            decoded = decode_jpeg([items[i].data for i in jpegs], mode=ImageReadMode.RGB, device=device)
+            data = [torch.from_numpy(items[i].data) for i in jpegs]
+            images_of_jpegs = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
         except RuntimeError:  # one file the device decoder refuses: decode them one by one
-            decoded = [_decode_one(items[i], device, skip_bad) for i in jpegs]
+            images_of_jpegs = [_decode_one(items[i], device, skip_bad) for i in jpegs]
         if device.type == "cuda":
             # the hardware JPEG engine's output is read by other streams: wait for it
             torch.cuda.current_stream(device).synchronize()
-        for i, image in zip(jpegs, decoded, strict=True):
+        for i, image in zip(jpegs, images_of_jpegs, strict=True):
             images[i] = None if image is None else orient(image, items[i].orientation)
     kept = [i for i, image in enumerate(images) if image is not None]
     return [images[i] for i in kept], kept
@@ -96,11 +106,11 @@ def decode_batch(
 
 def _decode_one(item: Encoded, device: torch.device, skip_bad: bool) -> torch.Tensor | None:
     try:
-        return decode_jpeg(item.data, mode=ImageReadMode.RGB, device=device)
+        return decode_jpeg(torch.from_numpy(item.data), mode=ImageReadMode.RGB, device=device)
     except RuntimeError:
         pass
     try:  # what libjpeg through Pillow makes of it, or the reason it cannot
-        pixels = pil_to_tensor(open_image(item.data.numpy().tobytes(), name=item.path))
+        pixels = pil_to_tensor(open_image(item.data.tobytes(), name=item.path))
     except BadImageError:
         if skip_bad:
             return None

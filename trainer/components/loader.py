@@ -9,9 +9,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
-from torchvision.transforms.v2.functional import pil_to_tensor
 
-from trainer.components.device_decode import Encoded, JointBatchTransform, read_encoded
+from trainer.components.device_decode import JointBatchTransform, decoded, read_encoded
 from trainer.components.images import DEFAULT_MAX_PIXELS, BadImageError, open_image
 from trainer.components.ram_cache import RamCache
 
@@ -51,7 +50,7 @@ class JointDataset(Dataset):
         if self.cache is not None and i in self.cache:
             image = self.cache.image(i)
             if image is None or self.encoded:
-                return None if image is None else (Encoded(self.samples.images[i], pil_to_tensor(image)), i)
+                return None if image is None else (decoded(self.samples.images[i], image), i)
             return self.transform_pair(image, i)
         try:
             if self.encoded:

@@ -12,9 +12,8 @@ import torch
 from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
-from torchvision.transforms.v2.functional import pil_to_tensor
 
-from trainer.components.device_decode import Encoded, read_encoded
+from trainer.components.device_decode import decoded, read_encoded
 from trainer.components.images import DEFAULT_MAX_PIXELS, BadImageError, open_image
 from trainer.components.ram_cache import RamCache
 from trainer.errors import DataError
@@ -165,7 +164,7 @@ class ImageDataset(Dataset):
                 if img is None:
                     return None
                 if self.encoded:
-                    return Encoded(self.paths[i], pil_to_tensor(img)), self.target(i)
+                    return decoded(self.paths[i], img), self.target(i)
             elif self.encoded:
                 return read_encoded(self.paths[i], self.max_pixels), self.target(i)
             else:
