@@ -61,7 +61,7 @@ lint: venv
 test: venv lint tools
 	$(BIN)/pytest -q --durations=20
 
-# tests/unit/ only: no Ray cluster, helm, servers or training runs (about 2.5 minutes on 2 cores)
+# tests/unit/ only: no Ray cluster, helm, servers or training runs (about 5 minutes on 2 cores)
 test-fast: venv lint
 	$(BIN)/pytest -q -m "not integration"
 
