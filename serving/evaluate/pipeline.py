@@ -33,14 +33,19 @@ def evaluate_run(
     if not ckpt.is_remote(str(run_dir)):
         return evaluate_local(Path(run_dir), domains, backend, name, opts)
     local = fetch_run_dir(str(run_dir))
-    evaluation = evaluate_local(local, domains, backend, name, opts)
+    evaluation = evaluate_local(local, domains, backend, name, opts, label=str(run_dir))
     ckpt.publish(local / "eval" / name, ckpt.join(str(run_dir), "eval", name))
     shutil.rmtree(local, ignore_errors=True)
     return evaluation
 
 
 def evaluate_local(
-    run_dir: Path, domains: list[tuple[str, Path]], backend: str, name: str, opts: EvalOptions
+    run_dir: Path,
+    domains: list[tuple[str, Path]],
+    backend: str,
+    name: str,
+    opts: EvalOptions,
+    label: str | None = None,  # the run as the report names it (its URI for a local copy)
 ) -> Evaluation:
     unknown = [c for c in opts.corruptions if c not in R.list_corruptions()]
     if unknown:
@@ -67,7 +72,8 @@ def evaluate_local(
     primary = domains[0][0]
     clean = per_domain[primary][spec.metric]
     report = {
-        "run_dir": str(run_dir), "name": name, "task": task.name, "backend": backend, "runtime": runner.name,
+        "run_dir": label or str(run_dir), "name": name, "task": task.name, "backend": backend,
+        "runtime": runner.name,
         "epoch": meta["epoch"], "options": asdict(opts), "metric": spec.metric, "domains": per_domain,
         "worst_domain": min(per_domain, key=lambda d: per_domain[d][spec.metric]), "primary_domain": primary,
         "corruptions": None, "adversarial": None,

@@ -46,14 +46,14 @@ def export_run(run_dir: str | Path, opts: ExportOptions) -> dict:
     if not ckpt.is_remote(str(run_dir)):
         return export_local(Path(run_dir), opts)
     local = fetch_run_dir(str(run_dir))
-    report = export_local(local, opts) | {"run_dir": str(run_dir)}
-    (local / EXPORT_DIR / "report.json").write_text(json.dumps(report, indent=2))
+    report = export_local(local, opts, label=str(run_dir))
     ckpt.publish(local / EXPORT_DIR, ckpt.join(str(run_dir), EXPORT_DIR))
     shutil.rmtree(local, ignore_errors=True)
     return report
 
 
-def export_local(run_dir: Path, opts: ExportOptions) -> dict:
+def export_local(run_dir: Path, opts: ExportOptions, label: str | None = None) -> dict:
+    """`label`: the run as the report names it (its URI when `run_dir` is a local copy)."""
     best = checkpoint_dir(run_dir)
     meta = read_run_meta(run_dir)
     task = task_of(meta)
@@ -80,7 +80,7 @@ def export_local(run_dir: Path, opts: ExportOptions) -> dict:
     check = Check(run_dir, task, meta, val, reference, monitored_value(task, meta, reference, val),
                   timing_inputs(task.input_kind, val, opts.batch_size))  # fmt: skip
     report: dict = {
-        "run_dir": str(run_dir),
+        "run_dir": label or str(run_dir),
         "checkpoint": str(best),
         "epoch": meta["epoch"],
         "images": sum(len(inputs) for inputs, _ in val),

@@ -5,6 +5,7 @@ run (train, a killed worker, resume, export, serve) with its data and run direct
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -200,6 +201,9 @@ def test_train_kill_a_worker_resume_export_eval_and_serve_all_from_s3(s3, digits
     evaluated = CliRunner().invoke(app, [*args, "--backend", "onnx", "--max-images", "50"])
     assert evaluated.exit_code == 0, evaluated.output
     assert fs.get_file_info(f"{bucket}/runs/s3run/eval/onnx/report.md").type == pafs.FileType.File
+    for report in ("export/report.json", "eval/onnx/report.json"):  # they name the run, not a local copy
+        with fs.open_input_stream(f"{bucket}/runs/s3run/{report}") as src:
+            assert json.loads(src.read())["run_dir"] == run
 
     port = free_ports(1)[0]
     serve_log = tmp_path / "serve.log"

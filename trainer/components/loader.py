@@ -47,20 +47,21 @@ class JointDataset(Dataset):
         self.cache.fill(paths, lambda path: open_image(path, self.max_pixels), None, self.skip_bad, threads)
 
     def __getitem__(self, i: int):
-        if self.cache is not None and i in self.cache:
-            image = self.cache.image(i)
-            if image is None or self.encoded:
-                return None if image is None else (decoded(self.samples.images[i], image), i)
-            return self.transform_pair(image, i)
+        path = self.samples.images[i]
         try:
-            if self.encoded:
-                return read_encoded(self.samples.images[i], self.max_pixels), i
-            image = open_image(self.samples.images[i], self.max_pixels)
+            if self.cache is not None and i in self.cache:
+                image = self.cache.image(i)
+                if image is None:
+                    return None  # a bad image, skipped when the cache was filled
+            elif self.encoded:
+                return read_encoded(path, self.max_pixels), i
+            else:
+                image = open_image(path, self.max_pixels)
         except BadImageError:
             if self.skip_bad:
                 return None
             raise
-        return self.transform_pair(image, i)
+        return (decoded(path, image), i) if self.encoded else self.transform_pair(image, i)
 
     def transform_pair(self, image, i: int):
         """The transformed (image, annotation) of sample `i` (`image`: a PIL image, or an image

@@ -158,22 +158,21 @@ class ImageDataset(Dataset):
         return self.targets[i][0]
 
     def __getitem__(self, i: int):
+        path = self.paths[i]
         try:
             if self.cache is not None and i in self.cache:
                 img = self.cache.image(i)
                 if img is None:
-                    return None
-                if self.encoded:
-                    return decoded(self.paths[i], img), self.target(i)
+                    return None  # a bad image, skipped when the cache was filled
             elif self.encoded:
-                return read_encoded(self.paths[i], self.max_pixels), self.target(i)
+                return read_encoded(path, self.max_pixels), self.target(i)
             else:
-                img = open_image(self.paths[i], self.max_pixels, min_side=self.min_side)
+                img = open_image(path, self.max_pixels, min_side=self.min_side)
         except BadImageError:
             if self.skip_bad:
                 return None
             raise
-        return self.transform(img), self.target(i)
+        return (decoded(path, img) if self.encoded else self.transform(img)), self.target(i)
 
 
 class Collate:
