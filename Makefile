@@ -59,7 +59,7 @@ lint: venv
 	$(BIN)/lint-imports
 
 test: venv lint tools
-	$(BIN)/pytest -q --durations=20
+	$(BIN)/pytest -q --durations=25
 
 # tests/unit/ only: no Ray cluster, helm, servers or training runs (about 5 minutes on 2 cores)
 test-fast: venv lint

@@ -1,10 +1,11 @@
 """The driver of `vft train`: start (or join) a Ray cluster, run TorchTrainer over the worker
-function, show live progress, then write plots and print the summary."""
+entry point, show live progress, and return the run's summary (the command then writes its plots
+and prints it). Each `vft tune` trial's process imports this module too, so it stays free of
+matplotlib and the model zoo."""
 
 from __future__ import annotations
 
 import os
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -26,13 +27,10 @@ from rich.table import Table
 
 from trainer import errors
 from trainer.components import checkpoint as ckpt
-from trainer.components import plots
-from trainer.components.remote_data import localize
 from trainer.components.runlog import read_metrics_csv, write_text
 from trainer.config import VftConfig, to_yaml
-from trainer.engine.loop import train_worker
+from trainer.engine.entry import train_worker
 from trainer.engine.progress import ProgressBoard
-from trainer.tasks.base import get_task, model_from_checkpoint
 
 console = Console(stderr=True)
 
@@ -134,7 +132,6 @@ def train(cfg: VftConfig, address: str | None = None, quiet: bool = False) -> Tr
     history = read_metrics_csv(ckpt.join(run_dir, "metrics.csv")) or records
     best = best_row(history, cfg.train.monitor, cfg.train.mode)
     summary = TrainSummary(run_dir, history, best, wall, bool(records and records[-1].get("stopped")))
-    write_plots(summary, cfg)
     return summary
 
 
@@ -193,48 +190,6 @@ def _epoch_line(record: dict, cfg: VftConfig) -> str:
         f"{val_loss}{monitor} {record[monitor]:.4f}{star}  "
         f"lr {record['lr']:.2e}  {record['train/img_s']:.0f} img/s  {record['time']:.1f}s"
     )
-
-
-def write_plots(summary: TrainSummary, cfg: VftConfig) -> None:
-    if not summary.history:
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        plots.learning_curves(summary.history, cfg.train.monitor, Path(tmp, "learning_curves.png"))
-        best_dir = ckpt.join(summary.run_dir, "best")
-        if not ckpt.is_remote(best_dir) and Path(best_dir, ckpt.META_FILE).is_file():
-            meta = ckpt.read_meta(best_dir)
-            if "confusion" in meta["metrics"]:
-                plots.confusion_matrix(
-                    meta["metrics"]["confusion"],
-                    meta["classes"],
-                    Path(tmp, "confusion_matrix.png"),
-                    f"validation, epoch {meta['epoch']}",
-                )
-            prediction_plot(cfg, best_dir, Path(tmp, "predictions.png"))
-        plots_dir = ckpt.join(summary.run_dir, "plots")
-        if ckpt.is_remote(plots_dir):
-            import pyarrow.fs as pafs
-
-            pafs.copy_files(tmp, plots_dir)
-        else:
-            Path(plots_dir).mkdir(parents=True, exist_ok=True)
-            for png in Path(tmp).glob("*.png"):
-                Path(plots_dir, png.name).write_bytes(png.read_bytes())
-
-
-def prediction_plot(cfg: VftConfig, best_dir: str, path: Path) -> None:
-    """The best checkpoint's predictions on the first validation images (detection boxes,
-    segmentation overlays), rebuilt from its meta.json like a third party would."""
-    task = get_task(cfg.task)
-    if not task.draws_predictions:
-        return
-    try:
-        model, meta = model_from_checkpoint(best_dir)
-        local = cfg.with_data_paths(localize)
-        val = task.build_datasets(local, task.read_data(local), task.preprocessing_from_meta(meta))[1]
-        task.plot_predictions(model, meta, val, path)
-    except Exception as exc:  # noqa: BLE001 - a plot never fails a finished run
-        console.print(f"[yellow]plots/predictions.png not drawn: {exc}")
 
 
 def summary_table(summary: TrainSummary, cfg: VftConfig) -> Table:

@@ -14,10 +14,11 @@ from pathlib import Path
 import yaml
 from rich.table import Table
 
+from trainer.commands.run_plots import write_plots
 from trainer.components import checkpoint as ckpt
 from trainer.components.runlog import read_metrics_csv, read_text, write_text
 from trainer.config import VftConfig, build_config, merge, to_yaml
-from trainer.driver import TrainSummary, best_row, write_plots
+from trainer.driver import TrainSummary, best_row
 from tuner import plots
 from tuner.progress import error_line
 from tuner.space import Space

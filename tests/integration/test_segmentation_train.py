@@ -18,7 +18,8 @@ from trainer.components.runlog import read_metrics_csv
 from trainer.tasks.segmentation.shapes import shapes_segmentation
 
 ROOT = Path(__file__).resolve().parents[2]
-MIOU_THRESHOLD = 0.30  # chance (all background) is about 0.8 / 6 classes = 0.13; runs reach ~0.41
+# chance (all background) is about 0.8 / 6 classes = 0.13; 7 seeded epochs reach 0.33 in every run here
+MIOU_THRESHOLD = 0.30
 
 
 def vft(*args):

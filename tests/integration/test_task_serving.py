@@ -161,6 +161,25 @@ def test_bad_input_gets_4xx_and_the_servers_keep_serving(servers, exported_tasks
         assert info["task"] == task and info["backend"] == "onnx"
 
 
+@pytest.mark.parametrize("size", [(4000, 3), (3, 4000), (1, 1)])
+def test_every_task_answers_extremely_elongated_and_tiny_images(servers, exported_tasks, size):
+    """Valid images a user may send: each server answers 200 at the image's own size (a
+    detector would shrink 4000x3 to nothing; its boxes stay inside the image)."""
+    image = val_image(exported_tasks["detection"]).resize(size)
+    for task, url in servers.items():
+        response = post(url, png_bytes(image))
+        assert response.status_code == 200, f"{task}: {response.text}"
+        body = response.json()
+        if task == "detection":
+            assert (body["width"], body["height"]) == size
+            for det in body["detections"]:
+                x1, y1, x2, y2 = det["box"]
+                assert 0 <= x1 <= x2 <= size[0] and 0 <= y1 <= y2 <= size[1]
+        else:
+            mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["mask_png"]))))
+            assert mask.shape == (size[1], size[0])
+
+
 # ----------------------------------------------------------------------------- eval
 
 

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from trainer.commands.run_plots import write_plots
 from trainer.components.remote_data import localize
 from trainer.config import load_config
 from trainer.console import err, fail, out
@@ -42,4 +43,5 @@ def train(
         trace = "".join(traceback.format_exception(exc.worker_error)).rstrip()
         err.print(trace, highlight=False, markup=False)
         fail(f"training failed: {exc}", 1)
+    write_plots(summary, cfg)
     out.print(summary_table(summary, cfg))

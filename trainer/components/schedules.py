@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -44,9 +45,15 @@ class LrSchedule:
         self.steps = 0
 
     def step_update(self) -> None:
+        """One optimizer update. An fp16 run's GradScaler skips `optimizer.step()` on steps whose
+        gradients overflowed (its first steps, typically); the schedule counts those updates
+        too, as timm does, so torch's warning about a scheduler stepping before any optimizer
+        step does not apply."""
         self.steps += 1
         if self.plateau is None or self.steps <= self.warmup_steps:
-            self.per_step.step()
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+                self.per_step.step()
 
     def step_epoch(self, metric: float | None) -> None:
         if self.plateau is not None and metric is not None and self.steps > self.warmup_steps:

@@ -1,21 +1,49 @@
 """Serving a detector: the decoded image as float [0, 1] at its own size (the detector resizes and
 normalises inside), the backend called on the list of a batch's images; boxes in the image's
-pixels, those under the score threshold left out."""
+pixels, those under the score threshold left out.
+
+A very elongated image (4000x3) would shrink to less than a pixel across inside the detector
+(its resize keeps the aspect and caps the longer side at max_size): its shorter side is padded
+with black, at the bottom or right, so it keeps `MIN_SIDE` pixels there; boxes stay in the
+image's own pixels and are clipped to it."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
 from PIL import Image
 
+MIN_SIDE = 32  # pixels across the shorter side after the detector's resize (one stride of 32)
+
+
+def padded_shape(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
+    """(height, width) with the shorter side padded so that the detector's resize, by
+    min(min_size / shorter, max_size / longer), leaves it at least MIN_SIDE pixels."""
+    short, long = min(height, width), max(height, width)
+    scale = min(min_size / short, max_size / long)
+    if short * scale >= MIN_SIDE:
+        return height, width
+    need = min(long, math.ceil(MIN_SIDE * long / max_size))
+    return (need, width) if height < width else (height, need)
+
 
 class DetectionHandler:
     def __init__(self, meta: dict, score_threshold: float, transform: Callable):
         self.classes, self.score_threshold, self.transform = meta["classes"], score_threshold, transform
+        p = meta["preprocessing"]
+        self.sizes = None if p.get("fixed_size") else (p["min_size"], p["max_size"])
 
     def prepare(self, image: Image.Image) -> tuple[np.ndarray, tuple[int, int]]:
-        return self.transform(image).numpy(), image.size
+        pixels = self.transform(image).numpy()
+        if self.sizes is not None:
+            height, width = padded_shape(*pixels.shape[1:], *self.sizes)
+            if (height, width) != pixels.shape[1:]:
+                canvas = np.zeros((pixels.shape[0], height, width), pixels.dtype)
+                canvas[:, : pixels.shape[1], : pixels.shape[2]] = pixels
+                pixels = canvas
+        return pixels, image.size
 
     def run(self, backend: Callable, inputs: list[np.ndarray]) -> list:
         return backend(inputs)
@@ -23,6 +51,7 @@ class DetectionHandler:
     def answer(self, output: tuple[np.ndarray, np.ndarray, np.ndarray], size: tuple[int, int]) -> dict:
         boxes, labels, scores = output
         keep = scores >= self.score_threshold
+        boxes = np.clip(boxes, 0, [size[0], size[1], size[0], size[1]])  # padding is not the image
         detections = [
             {
                 "label": self.classes[int(k) - 1],

@@ -178,3 +178,25 @@ def test_ema_weights_are_what_validation_scores_best_holds_and_a_resume_restores
     restore(resumed, str(tmp_path / "last"))
     for name, value in resumed.step.ema.module.state_dict().items():
         torch.testing.assert_close(value, ema[name])
+
+
+def test_compiled_training_steps_and_saves_the_plain_model(digits_dir, tmp_path):
+    """`train.compile`: the loss runs through torch.compile's module (inductor, C++ on CPU), the
+    weights train, and best/ holds the plain model's keys (no `_orig_mod.` prefix), which
+    export and serving load."""
+    job = make_job(digits_dir, "model.name=test_resnet", "train.compile=true", "data.batch_size=16")
+    set_stage(job, 0)
+    assert isinstance(job.step.forward_model, torch._dynamo.eval_frame.OptimizedModule)
+    assert job.step.forward_model._orig_mod is job.model
+    before = {n: p.detach().clone() for n, p in job.model.named_parameters()}
+    job.train_loader = Batches(first_batches(job, 3))
+    record = train_one_epoch(job, 0, WorkerProgress(None))
+    assert torch.isfinite(torch.tensor(record["train/loss"]))
+    assert all(not torch.equal(p, before[n]) for n, p in job.model.named_parameters() if p.requires_grad)
+    job.history.append(record | {"epoch": 1, "val/top1": 0.5})
+    save_epoch(job, 1, job.history[-1], {}, True, str(tmp_path))
+    saved = load_file(tmp_path / "best" / ckpt.MODEL_FILE)
+    assert set(saved) == set(job.model.state_dict())
+    plain, _ = model_from_checkpoint(tmp_path / "best")
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(plain.eval()(x), job.model.eval()(x), rtol=1e-4, atol=1e-5)
