@@ -39,10 +39,7 @@ class DetectionHandler:
         pixels = self.transform(image).numpy()
         if self.sizes is not None:
             height, width = padded_shape(*pixels.shape[1:], *self.sizes)
-            if (height, width) != pixels.shape[1:]:
-                canvas = np.zeros((pixels.shape[0], height, width), pixels.dtype)
-                canvas[:, : pixels.shape[1], : pixels.shape[2]] = pixels
-                pixels = canvas
+            pixels = np.pad(pixels, ((0, 0), (0, height - pixels.shape[1]), (0, width - pixels.shape[2])))
         return pixels, image.size
 
     def run(self, backend: Callable, inputs: list[np.ndarray]) -> list:
