@@ -55,8 +55,9 @@ def _no_ray_in_unit_tests(request, monkeypatch):
 def ray_cluster():
     import ray
 
-    if not ray.is_initialized():
-        ray.init(address="local", num_cpus=4, configure_logging=False)
+    from trainer.driver import init_ray
+
+    init_ray(num_cpus=4)  # the embedded default's own local cluster, oversubscribed
     yield ray
     ray.shutdown()
 

@@ -33,6 +33,7 @@ from trainer.engine.entry import train_worker
 from trainer.engine.progress import ProgressBoard
 
 console = Console(stderr=True)
+PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 
 
 class RunFailed(errors.RunFailed):
@@ -70,6 +71,9 @@ def init_ray(address: str | None = None, **local_options) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
+        # nothing preempts this machine's own cluster: no PreemptionWatcher actor per Train run
+        # (the processes the cluster starts inherit this; Ray Train passes it on to its workers)
+        os.environ.setdefault(PREEMPTION_WATCHER, "0")
         ray.init(address="local", log_to_driver=False, configure_logging=False, **local_options)
 
 

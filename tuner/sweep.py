@@ -5,7 +5,8 @@ point against the config schema and fits a `TorchTrainer` over the usual trainin
 Train workers request their own CPUs and GPUs (`scaling.*`), so pending trials show up as
 pending worker placement groups, which an autoscaler answers with nodes.
 
-Ray Train reports reach Tune through `ForwardReports`, a Train callback in the spirit of
+Ray Train reports reach Tune through `ForwardReports` (tuner/mailbox.py: one small async actor
+per trial carries reports one way and acknowledgements the other), a Train callback in the spirit of
 `ray.tune.integration.ray_train.TuneReportCallback`: that callback forwards metrics only, so
 Tune would never hold a checkpoint, and PBT's exploit step needs one. `ForwardReports` hands
 each report (metrics and the Train checkpoint) to the driver, which passes it to `tune.report`
@@ -42,11 +43,9 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from queue import Empty
 
 import ray
 import yaml
-from ray.train import UserCallback
 
 from trainer import errors
 from trainer.components import checkpoint as ckpt
@@ -55,6 +54,7 @@ from trainer.config import VftConfig, build_config, merge, to_yaml
 from trainer.driver import RunFailed, init_ray, make_trainer, run_dir_of, use_gpu
 from trainer.errors import ConfigError
 from tuner.components import create_scheduler, create_search, param_space, uses_checkpoints
+from tuner.mailbox import ForwardReports, Mailbox
 from tuner.progress import TrialLog, drop_trial_tracebacks
 from tuner.space import Space, set_dotted
 from tuner.space import to_yaml as space_yaml
@@ -63,7 +63,6 @@ log = logging.getLogger("vft.tune")
 
 DRIVER_CPUS = 1.0
 EXPERIMENT = "experiment"
-ACK_TIMEOUT_S = 600.0
 STOP_TIMEOUT_S = 30.0
 
 
@@ -151,20 +150,6 @@ def remove_tree(uri: str) -> None:
     shutil.rmtree(uri, ignore_errors=True)
 
 
-class ForwardReports(UserCallback):
-    """Runs in the Ray Train controller: passes each report (and the controller's own handle,
-    for `StopTrainRun`) to the trial's driver and waits until the driver has handed it to Tune."""
-
-    def __init__(self, reports, acks):
-        self.reports, self.acks = reports, acks
-
-    def after_report(self, run_context, metrics, checkpoint):
-        controller = ray.get_runtime_context().current_actor
-        self.reports.put((dict(metrics[0]), checkpoint, controller))
-        with contextlib.suppress(Empty):  # the driver is gone (its trial was stopped)
-            self.acks.get(timeout=ACK_TIMEOUT_S)
-
-
 # The trial process's Train run in flight, for StopTrainRun (one trial per process: Tune does
 # not reuse actors here).
 _RUN: dict = {}
@@ -179,10 +164,10 @@ class StopTrainRun:
 
     def cleanup(self):
         _STOPPING.set()
-        controller, acks = _RUN.pop("controller", None), _RUN.get("acks")
+        controller, mailbox = _RUN.pop("controller", None), _RUN.get("mailbox")
         if controller is not None:
             with contextlib.suppress(Exception):
-                acks.put_nowait(True)  # unblock ForwardReports, so the controller can take the abort
+                mailbox.ack.remote()  # unblock ForwardReports, so the controller can take the abort
             with contextlib.suppress(Exception):  # the controller exits as it aborts
                 ray.get(controller.abort.remote(), timeout=STOP_TIMEOUT_S)
         super().cleanup()
@@ -195,11 +180,8 @@ def fit_and_forward(cfg: VftConfig, run_dir: str, checkpoints_to_tune: bool) -> 
     """Fit in a thread; pass each epoch's report to Tune from this (the trial's) thread. The
     last epoch (or early stopping) ends the trial: the run finishes first, then its report goes
     to Tune marked done, so no scheduler acts on a finished trial (PBT would pause it)."""
-    from ray.util.queue import Queue
-
-    reports = Queue(maxsize=1, actor_options={"num_cpus": 0})
-    acks = Queue(maxsize=1, actor_options={"num_cpus": 0})
-    trainer = make_trainer(cfg, run_dir, callbacks=[ForwardReports(reports, acks)])
+    mailbox = Mailbox.remote()
+    trainer = make_trainer(cfg, run_dir, callbacks=[ForwardReports(mailbox)])
     outcome: dict = {}
 
     def fit() -> None:
@@ -209,16 +191,16 @@ def fit_and_forward(cfg: VftConfig, run_dir: str, checkpoints_to_tune: bool) -> 
             outcome["error"] = exc
 
     thread = threading.Thread(target=fit, name="vft-trial-fit", daemon=True)
-    _RUN["acks"] = acks
+    _RUN["mailbox"] = mailbox
     thread.start()
-    while thread.is_alive() or not reports.empty():
-        try:
-            metrics, checkpoint, _RUN["controller"] = reports.get(timeout=0.5)
-        except Empty:
+    while thread.is_alive() or ray.get(mailbox.pending.remote()):
+        report = ray.get(mailbox.take.remote(0.5))
+        if report is None:
             continue
+        metrics, checkpoint, _RUN["controller"] = report
         metrics["done"] = bool(metrics.get("stopped")) or metrics["epoch"] >= cfg.train.epochs
         if metrics["done"]:
-            acks.put(True)
+            mailbox.ack.remote()
             thread.join()
             _RUN.clear()
             report_to_tune(metrics, checkpoint if checkpoints_to_tune else None)
@@ -227,7 +209,7 @@ def fit_and_forward(cfg: VftConfig, run_dir: str, checkpoints_to_tune: bool) -> 
             report_to_tune(metrics, checkpoint if checkpoints_to_tune else None)
         finally:
             with contextlib.suppress(Exception):  # a stopped trial's controller may be gone
-                acks.put(True, timeout=STOP_TIMEOUT_S)
+                ray.get(mailbox.ack.remote(), timeout=STOP_TIMEOUT_S)
     thread.join()
     _RUN.clear()
     if "error" in outcome and not _STOPPING.is_set():  # an aborted run is no failure
