@@ -24,15 +24,12 @@ class Mailbox:
         self._reports: asyncio.Queue = asyncio.Queue(maxsize=1)
         self._acks: asyncio.Queue = asyncio.Queue()
 
-    async def post(self, report, timeout: float) -> bool:
-        """Called by the controller: queue `report`, then wait for its acknowledgement (False when
-        none comes in `timeout`: the driver is gone, its trial was stopped)."""
+    async def post(self, report, timeout: float) -> None:
+        """Called by the controller: queue `report`, then wait for its acknowledgement, at most
+        `timeout` seconds (none comes when the driver is gone: its trial was stopped)."""
         await self._reports.put(report)
-        try:
+        with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._acks.get(), timeout)
-        except asyncio.TimeoutError:
-            return False
-        return True
 
     async def take(self, timeout: float):
         """Called by the driver: the next report, or None after `timeout` seconds."""
