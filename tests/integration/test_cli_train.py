@@ -56,7 +56,9 @@ def test_bad_config_exits_2_without_creating_the_run_dir(digits_dir, tmp_path):
     assert missing.exit_code == 2 and "nope.yaml" in missing.output
 
 
-def test_interrupted_run_resumes_from_its_saved_epoch(digits_dir, tmp_path):
+def test_interrupted_run_resumes_from_its_saved_epoch(ray_cluster, digits_dir, tmp_path):
+    """Ctrl-C on a real `vft train` process (its own local cluster), then the same command again
+    (in this process, on the session's cluster: resuming reads the run dir, not the cluster)."""
     args = [
         "train",
         ROOT / "configs/digits.yaml",
@@ -93,9 +95,9 @@ def test_interrupted_run_resumes_from_its_saved_epoch(digits_dir, tmp_path):
     before = read_metrics_csv(str(run_dir / "metrics.csv"))
     assert 1 <= len(before) < 4, before
 
-    second = run_vft(*args, timeout=300)
-    assert second.returncode == 0, second.stdout + second.stderr
-    assert f"after epoch {len(before)}" in second.stderr
+    second = CliRunner().invoke(app, [str(a) for a in args])
+    assert second.exit_code == 0, second.output
+    assert f"after epoch {len(before)}" in second.output
     after = read_metrics_csv(str(run_dir / "metrics.csv"))
     assert [row["epoch"] for row in after] == [1, 2, 3, 4]
     assert after[: len(before)] == before  # finished epochs were not run again
@@ -110,6 +112,6 @@ def test_unusable_datasets_exit_2_before_any_cluster_starts(digits_dir, tmp_path
     assert result.returncode == 2 and "data.val" in result.stderr and "three" in result.stderr
     single = tmp_path / "single"
     shutil.copytree(digits_dir / "train" / "1", single / "1")
-    result = run_vft(*base, f"data.train={single}", "data.val=null")
-    assert result.returncode == 2 and "at least 2" in result.stderr
+    result = CliRunner().invoke(app, [str(a) for a in [*base, f"data.train={single}", "data.val=null"]])
+    assert result.exit_code == 2 and "at least 2" in result.output
     assert not (tmp_path / "data").exists()

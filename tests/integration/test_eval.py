@@ -1,5 +1,5 @@
 """`vft eval` and its building blocks: corruptions, FGSM/PGD, ECE, cross-domain metrics, the
-ONNX backend, reports, bad input, and `train.robust_val` in the training loop."""
+ONNX backend, reports and bad input (`train.robust_val` in the training loop: test_train_ray)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
-from train_tools import SMALL_MODEL
 from typer.testing import CliRunner
 
 from trainer.cli import app
 from trainer.components import robustness as R
-from trainer.components.runlog import read_metrics_csv
 from trainer.components.synthetic import shifted_domain
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -113,27 +111,3 @@ def test_missing_or_empty_datasets_exit_2(digits_run, tmp_path):
 
 
 # ----------------------------------------------------------------------------- robustness while training
-
-
-def test_robust_val_adds_val_robust_acc_to_each_epoch(ray_cluster, digits_dir, tmp_path):
-    result = vft(
-        "train",
-        ROOT / "configs/digits.yaml",
-        f"data.train={digits_dir}/train",
-        f"data.val={digits_dir}/val",
-        f"run.storage={tmp_path}",
-        "train.epochs=2",
-        "data.img_size=16",
-        SMALL_MODEL,
-        "train.robust_val=true",
-        "train.monitor=val/robust_acc",
-        "--name",
-        "robust",
-        "--quiet",
-    )
-    assert result.exit_code == 0, result.output
-    history = read_metrics_csv(str(tmp_path / "robust" / "metrics.csv"))
-    assert len(history) == 2
-    assert all(0.0 <= row["val/robust_acc"] <= row["val/top1"] + 0.05 for row in history)
-    meta = json.loads((tmp_path / "robust" / "best" / "meta.json").read_text())
-    assert meta["monitor"]["metric"] == "val/robust_acc"

@@ -23,8 +23,10 @@ import requests
 import torch
 from local_ray import clean_env, free_ports
 from PIL import Image
+from typer.testing import CliRunner
 
 from serving.app import ServeArgs, build_app, build_local_app
+from trainer.cli import app
 from trainer.components.preprocess import Preprocessing, eval_transform
 from trainer.tasks.base import model_from_checkpoint
 
@@ -285,14 +287,8 @@ def test_vft_serve_answers_vft_predict_and_stops_on_ctrl_c(exported_run, val_ima
             assert time.monotonic() < deadline, "vft serve did not start"
             time.sleep(0.5)
         images = [val_images[0], val_images[-1]]
-        predicted = subprocess.run(
-            [sys.executable, "-m", "trainer.cli", "predict", f"http://127.0.0.1:{port}", *map(str, images)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=ROOT,
-        )
-        assert predicted.returncode == 0, predicted.stderr
+        predicted = CliRunner().invoke(app, ["predict", f"http://127.0.0.1:{port}", *map(str, images)])
+        assert predicted.exit_code == 0, predicted.output
         answers = [json.loads(line) for line in predicted.stdout.splitlines()]
         assert [a["predictions"][0]["label"] for a in answers] == [p.parent.name for p in images]
         assert all(a["status"] == 200 and a["image"] == str(p) for a, p in zip(answers, images, strict=True))
@@ -315,11 +311,5 @@ def test_vft_predict_reports_unreachable_servers_and_missing_files(tmp_path, val
         cwd=ROOT,
     )
     assert down.returncode == 1 and "cannot reach" in down.stdout
-    missing = subprocess.run(
-        [*cmd, "http://127.0.0.1:9", str(tmp_path / "nope.png")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
-    assert missing.returncode == 2 and "nope.png" in missing.stderr
+    missing = CliRunner().invoke(app, ["predict", "http://127.0.0.1:9", str(tmp_path / "nope.png")])
+    assert missing.exit_code == 2 and "nope.png" in missing.stderr

@@ -1,5 +1,5 @@
 """`vft tune`: real sweeps on a local Ray cluster (tiny digits runs on CPU: 16 px images,
-ResNet-10t, one Train worker per trial). The space file and the sweep's pieces without Ray:
+timm's test_resnet, one Train worker per trial). The space file and the sweep's pieces without Ray:
 tests/unit/tuner/."""
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def test_sweep_writes_best_config_checkpoint_and_plots(asha_sweep):
     best_config = yaml.safe_load((asha_sweep / "best_config.yaml").read_text())
     assert best_config["run"]["name"] == "asha-best"
     assert best_config["optim"]["lr"] == pytest.approx(float(rows[best_id]["optim.lr"]))
-    assert best_config["model"]["name"] == "resnet10t"
+    assert best_config["model"]["name"] == "test_resnet"
     best = asha_sweep / "best"
     for sub in ("best", "last"):
         for name in ("model.safetensors", "meta.json", "state.pt"):
@@ -87,14 +87,6 @@ def test_sweep_writes_best_config_checkpoint_and_plots(asha_sweep):
     assert (asha_sweep / "plots" / "metric_vs_epoch.png").stat().st_size > 1000
     assert (asha_sweep / "plots" / "param_optim.lr.png").stat().st_size > 1000
     assert vft("validate", asha_sweep / "best_config.yaml").exit_code == 0
-
-
-def test_best_config_trains(asha_sweep, tmp_path):
-    config = asha_sweep / "best_config.yaml"
-    result = vft("train", config, "train.epochs=1", f"run.storage={tmp_path}", "--quiet")
-    assert result.exit_code == 0, result.output
-    history = read_metrics_csv(str(tmp_path / "asha-best" / "metrics.csv"))
-    assert [row["epoch"] for row in history] == [1]
 
 
 # ----------------------------------------------------------------------------- failures and resume
@@ -208,13 +200,14 @@ def test_pbt_exploits_the_better_trials_checkpoint(ray_cluster, digits_dir, tmp_
 # ----------------------------------------------------------------------------- detection
 
 
-def test_a_detection_sweep_runs_and_picks_its_best_by_map50(ray_cluster, tmp_path):
-    """Two real detection trials (loss-term weight and lr sampled) on generated shapes."""
+def test_a_detection_sweep_runs_and_monitors_map50(ray_cluster, tmp_path):
+    """A real detection trial (loss-term weight and lr sampled) on generated shapes: the sweep
+    ranks by the task's monitor (ranking itself is the ASHA sweep's subject)."""
     from trainer.tasks.detection.shapes import shapes_detection
 
     shapes_detection(tmp_path / "data", n_train=48, n_val=16, size=48, seed=2)
     params = {"optim.lr": {"loguniform": [1e-3, 5e-3]}, "loss.weights.classification": {"uniform": [0.5, 2]}}
-    space = write_space(tmp_path / "space.yaml", {"num_samples": 2, "seed": 0, "scheduler": {"name": "fifo"},
+    space = write_space(tmp_path / "space.yaml", {"num_samples": 1, "seed": 0, "scheduler": {"name": "fifo"},
                                                   "params": params})  # fmt: skip
     data = [f"data.train={tmp_path}/data/train", f"data.val={tmp_path}/data/val"]
     result = vft(
@@ -225,7 +218,7 @@ def test_a_detection_sweep_runs_and_picks_its_best_by_map50(ray_cluster, tmp_pat
     assert result.exit_code == 0, result.output
     tune_dir = tmp_path / "runs" / "det" / "tune"
     rows = results(tune_dir)
-    assert len(rows) == 2 and all(0.0 <= float(r["val/map50"]) <= 1.0 for r in rows.values())
+    assert len(rows) == 1 and all(0.0 <= float(r["val/map50"]) <= 1.0 for r in rows.values())
     best = yaml.safe_load((tune_dir / "best_config.yaml").read_text())
     assert best["task"] == "detection" and 0.5 <= best["loss"]["weights"]["classification"] <= 2
     meta = yaml.safe_load((tune_dir / "best" / "best" / "meta.json").read_text())  # a run-dir layout

@@ -1,5 +1,6 @@
-"""The `vft` console script as a user runs it: real subprocesses, real exit codes. Only the
-commands that start no Ray cluster (`vft validate`, `vft ls`); `vft train` runs are in
+"""The `vft` console script as a user runs it: real subprocesses, real exit codes (and the same
+commands in-process where another interpreter start adds nothing). Only the commands that start
+no Ray cluster (`vft validate`, `vft ls`); `vft train` runs are in
 tests/integration/test_cli_train.py."""
 
 from __future__ import annotations
@@ -9,6 +10,9 @@ import sys
 from pathlib import Path
 
 import yaml
+from typer.testing import CliRunner
+
+from trainer.cli import app
 
 ROOT = Path(__file__).resolve().parents[3]
 VFT = [sys.executable, "-m", "trainer.cli"]
@@ -42,7 +46,7 @@ def test_ls_lists_registered_names():
     row = next(line for line in models.stdout.splitlines() if " resnet18 " in line)
     assert "timm" in row and "torchvision" in row
     assert "vit_base_patch16_224" not in models.stdout
-    optimizers = run_vft("ls", "optimizers").stdout.split()
+    optimizers = CliRunner().invoke(app, ["ls", "optimizers"]).stdout.split()
     assert {"sgd", "adam", "adamw", "lamb"} <= set(optimizers)
-    schedulers = run_vft("ls", "schedulers").stdout.split()
+    schedulers = CliRunner().invoke(app, ["ls", "schedulers"]).stdout.split()
     assert set(schedulers) == {"constant", "cosine", "cyclic", "multistep", "onecycle", "plateau", "step"}
