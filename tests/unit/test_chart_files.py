@@ -9,7 +9,7 @@ import hashlib
 import re
 
 import yaml
-from chart_tools import CHART, CRD_DIR, CRD_FILES, VALUES_FILES, merge_values
+from chart_tools import CHART, CRD_DIR, CRD_FILES, VALUES_FILES, merge_values, values_table
 
 
 def test_every_workload_has_an_example_values_file():
@@ -55,3 +55,11 @@ def test_example_values_files_exist_for_docs():
     for path in VALUES_FILES:
         if path is not None:
             assert f"ci/{path.name}" in readme, f"charts/vft/README.md does not mention {path.name}"
+
+
+def test_readme_values_table_is_the_values_files_comments():
+    """Every key values.yaml documents (`# --`) has its row, type, default and description in
+    charts/vft/README.md: regenerate the table with `python tests/chart_tools.py`."""
+    values_section = (CHART / "README.md").read_text().split("\n## Values\n", 1)[1]
+    rows = [row for row in values_section.splitlines() if row.startswith("| ") and "| Key |" not in row]
+    assert "\n".join(rows) == values_table()

@@ -1,4 +1,5 @@
-{{/* Pieces of the Ray pods: security contexts, storage env, volumes, the submitter pod. */}}
+{{/* Pieces of the Ray pods: security contexts, storage env, volumes, a group's own settings, the
+submitter pod. */}}
 
 {{/*
 Security contexts of every Ray pod and container: non-root, no privilege escalation or capabilities.
@@ -180,10 +181,63 @@ spec:
   {{- end }}
   containers:
     - name: ray-job-submitter
-      image: {{ include "vft.image" . }}
+      image: {{ .Values.job.submitterImage | default (printf "rayproject/ray:%s" .Values.rayVersion) }}
       imagePullPolicy: {{ .Values.image.pullPolicy }}
       resources:
         {{- toYaml .Values.job.submitterResources | nindent 8 }}
       securityContext:
         {{- include "vft.containerSecurityContext" . | nindent 8 }}
+{{- end }}
+
+{{/*
+A group's pod settings (the head's, the workers', an additional group's), passed through.
+*/}}
+{{- define "vft.groupPodSpec" -}}
+{{- with .nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .topologySpreadConstraints }}
+topologySpreadConstraints:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .runtimeClassName }}
+runtimeClassName: {{ . }}
+{{- end }}
+{{- with .priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- with .initContainers }}
+initContainers:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/*
+The Ray container's environment: the storage settings, then the group's `env` and `envFrom`.
+Call with (dict "root" $ "group" group-values).
+*/}}
+{{- define "vft.containerEnv" -}}
+{{- $storage := include "vft.storageEnv" .root }}
+{{- if or $storage .group.env }}
+env:
+  {{- with $storage }}
+  {{- . | nindent 2 }}
+  {{- end }}
+  {{- with .group.env }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+{{- end }}
+{{- with .group.envFrom }}
+envFrom:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
 {{- end }}

@@ -28,11 +28,20 @@ submitter's and the job's), so the schema limits it to [A-Za-z0-9._-].
 {{- end }}
 
 {{/*
-The run directory a RayService serves: `serve.modelUri`, else the run's own directory.
+The run directory a RayService serves: `serve.modelUri` (an object store URI, or a path on the
+claim), else the run's own directory.
 */}}
 {{- define "vft.modelUri" -}}
-{{- $runDir := printf "%s/%s" (include "vft.runStorage" .) (include "vft.runName" .) }}
-{{- default $runDir .Values.serve.modelUri }}
+{{- $uri := .Values.serve.modelUri }}
+{{- if not $uri }}
+{{- printf "%s/%s" (include "vft.runStorage" .) (include "vft.runName" .) }}
+{{- else if or (hasPrefix "s3://" $uri) (hasPrefix "gs://" $uri) }}
+{{- $uri }}
+{{- else if not .Values.storage.claimName }}
+{{- fail (printf "serve.modelUri: %s is a path on the storage claim, but storage.claimName is empty" $uri) }}
+{{- else }}
+{{- $uri }}
+{{- end }}
 {{- end }}
 
 {{/*
