@@ -21,6 +21,7 @@ COLLECTIONS = {
     ("", "v1", "serviceaccounts"): "ServiceAccount",
     ("", "v1", "pods"): "Pod",
     ("networking.k8s.io", "v1", "networkpolicies"): "NetworkPolicy",
+    ("policy", "v1", "poddisruptionbudgets"): "PodDisruptionBudget",
     ("ray.io", "v1", "rayjobs"): "RayJob",
     ("ray.io", "v1", "rayservices"): "RayService",
 }

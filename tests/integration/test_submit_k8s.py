@@ -123,10 +123,12 @@ def test_serve_creates_a_rayservice_and_waits_until_ready(kube):
     initializing = {"conditions": [{"type": "Ready", "status": "False", "reason": "Initializing"}]}
     ready = {"conditions": [{"type": "Ready", "status": "True", "reason": "NonZeroServeEndpoints"}]}
     double, server = kube(statuses=[initializing, ready])
-    result = vft(*submit_args(server, "serve", str(CONFIG), "--set", "serve.backend=int8"))
+    sets = ["--set", "serve.backend=int8", "--set", "podDisruptionBudget.enabled=true"]
+    result = vft(*submit_args(server, "serve", str(CONFIG), *sets))
     assert result.exit_code == 0, result.output
     created = by_kind(double.created())
-    assert created == by_kind(rendered("serve", "digits", extra=["--set", "serve.backend=int8"]))
+    assert created == by_kind(rendered("serve", "digits", extra=sets))
+    assert "PodDisruptionBudget" in created
     serve_config = yaml.safe_load(created["RayService"]["spec"]["serveConfigV2"])
     args = serve_config["applications"][0]["args"]
     assert (args["run_dir"], args["backend"]) == ("/mnt/vft/runs/digits", "int8")

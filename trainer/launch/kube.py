@@ -10,7 +10,7 @@ import time
 from trainer.launch.options import CR_PLURALS, SubmitError, SubmitOptions, say
 
 RAY_GROUP, RAY_VERSION = "ray.io", "v1"
-CREATE_ORDER = ["ServiceAccount", "NetworkPolicy", "ConfigMap", "RayJob", "RayService"]
+CREATE_ORDER = ["ServiceAccount", "NetworkPolicy", "PodDisruptionBudget", "ConfigMap", "RayJob", "RayService"]
 
 
 def kube_namespace(opts: SubmitOptions) -> str:
@@ -53,6 +53,7 @@ class KubeObjects:
 
         self.core = client.CoreV1Api(api_client)
         self.net = client.NetworkingV1Api(api_client)
+        self.policy = client.PolicyV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
 
     def create(self, doc: dict, ns: str) -> None:
@@ -63,6 +64,8 @@ class KubeObjects:
             self.core.create_namespaced_service_account(ns, doc)
         elif kind == "NetworkPolicy":
             self.net.create_namespaced_network_policy(ns, doc)
+        elif kind == "PodDisruptionBudget":
+            self.policy.create_namespaced_pod_disruption_budget(ns, doc)
         elif kind in CR_PLURALS:
             self.custom.create_namespaced_custom_object(RAY_GROUP, RAY_VERSION, ns, CR_PLURALS[kind], doc)
         else:
@@ -76,6 +79,8 @@ class KubeObjects:
             self.core.replace_namespaced_service_account(name, ns, doc)
         elif kind == "NetworkPolicy":
             self.net.replace_namespaced_network_policy(name, ns, doc)
+        elif kind == "PodDisruptionBudget":
+            self.policy.replace_namespaced_pod_disruption_budget(name, ns, doc)
         elif kind == "RayService":  # a new model or config: KubeRay upgrades it without downtime
             self.custom.patch_namespaced_custom_object(RAY_GROUP, RAY_VERSION, ns, "rayservices", name, doc)
         else:
