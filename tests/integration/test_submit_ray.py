@@ -12,10 +12,11 @@ import pytest
 import yaml
 from chart_tools import ROOT, template
 from local_ray import VENV_BIN, clean_env, start
+from train_tools import SMALL_MODEL
 
 CONFIG = ROOT / "configs" / "digits.yaml"
 TINY = [
-    "model.name=resnet18",
+    SMALL_MODEL,
     "data.img_size=32",
     "train.epochs=1",
     "data.num_workers=0",
