@@ -364,6 +364,26 @@ def test_a_model_in_object_storage_is_served_without_a_claim():
         assert "storage" not in {v["name"] for v in pod["spec"]["volumes"]}
 
 
+@pytest.mark.parametrize(
+    ("sets", "pods"),
+    [
+        # 0.25 GPU but 4 of a pod's 8 CPUs per replica: 2 replicas per pod, not 4
+        (["serve.replicas=10", "serve.cpusPerReplica=4", "serve.gpusPerReplica=0.25"], 5),
+        # CPU replicas on 4.5-CPU pods: 2 per pod
+        (["serve.replicas=5", "serve.cpusPerReplica=2", "serve.gpusPerReplica=0", "workers.gpusPerPod=0",
+          "workers.resources.limits.cpu=\"4500m\""], 3),
+        # Ray told of fewer CPUs than the limit
+        (["serve.replicas=4", "serve.cpusPerReplica=2", "workers.gpusPerPod=8",
+          "workers.rayStartParams.num-cpus=\"4\""], 2),
+    ],
+)  # fmt: skip
+def test_serve_pods_hold_the_replicas_by_cpus_and_gpus(sets, pods):
+    extra = ["--set", "workload=serve"] + [a for item in sets for a in ("--set-json", item)]
+    (service,) = by_kind(template(extra=extra), "RayService")
+    (group,) = ray_cluster(service)["workerGroupSpecs"]
+    assert group["replicas"] == pods
+
+
 def test_storage_credentials_come_from_secret_references():
     docs = template(CHART / "ci" / "train-s3-values.yaml")
     (job,) = by_kind(docs, "RayJob")
@@ -470,6 +490,7 @@ def test_values_schema_rejects(setting, message):
         (["workload=tune", "tune.maxConcurrentTrials=4", "tune.maxReplicas=2"], "tune.maxReplicas"),
         (["workload=tune", "tune.minReplicas=9", "tune.maxReplicas=8"], "tune.minReplicas"),
         (["workload=serve", "serve.gpusPerReplica=2"], "serve.gpusPerReplica"),
+        (["workload=serve", "serve.cpusPerReplica=16"], "serve.cpusPerReplica"),
         (["storage.claimName="], "storage.claimName"),
         (["storage.type=s3"], "storage.uri"),
         (["storage.type=gcs", "storage.uri=s3://bucket/runs"], "storage.uri"),

@@ -21,14 +21,43 @@ Worker pods a tune needs at most: maxConcurrentTrials x workersPerTrial GPUs, gp
 {{- end }}
 
 {{/*
-Serve worker pods for N replicas: as many replicas per pod as its GPUs hold (one per pod for
-CPU replicas). Call with (dict "replicas" n "gpusPerPod" n "gpusPerReplica" x).
+The CPUs Ray sees in a worker pod: `num-cpus` from workers.rayStartParams, else (as KubeRay sets
+it) the container's CPU limit, else its request; a Kubernetes quantity ("8", "7500m").
+*/}}
+{{- define "vft.workerCpus" -}}
+{{- $w := .Values.workers }}
+{{- $cpu := get $w.rayStartParams "num-cpus" | default $w.resources.limits.cpu | default $w.resources.requests.cpu | toString }}
+{{- if hasSuffix "m" $cpu }}
+{{- divf (trimSuffix "m" $cpu | float64) 1000.0 }}
+{{- else }}
+{{- float64 $cpu }}
+{{- end }}
+{{- end }}
+
+{{/*
+Serve replicas one worker pod holds: as many as both its GPUs and its CPUs fit. Fails, with the
+numbers, when not even one fits.
+*/}}
+{{- define "vft.replicasPerPod" -}}
+{{- $s := .Values.serve }}
+{{- $gpus := float64 .Values.workers.gpusPerPod }}
+{{- $cpus := include "vft.workerCpus" . | float64 }}
+{{- $byCpu := floor (divf $cpus $s.cpusPerReplica) | int }}
+{{- $perPod := $byCpu }}
+{{- if gt (float64 $s.gpusPerReplica) 0.0 }}
+{{- $perPod = min $byCpu (floor (divf $gpus $s.gpusPerReplica) | int) }}
+{{- end }}
+{{- if lt $perPod 1 }}
+{{- fail (printf "serve.cpusPerReplica: a replica needs %v CPUs and %v GPUs; a worker pod has %v CPUs (workers.resources.limits.cpu or workers.rayStartParams.num-cpus) and %v GPUs (workers.gpusPerPod)"
+    $s.cpusPerReplica $s.gpusPerReplica $cpus $gpus) }}
+{{- end }}
+{{- $perPod }}
+{{- end }}
+
+{{/*
+Serve worker pods for N replicas. Call with (dict "replicas" n "perPod" n).
 */}}
 {{- define "vft.servePods" -}}
 {{- $n := int .replicas }}
-{{- $perPod := 1 }}
-{{- if gt (float64 .gpusPerReplica) 0.0 }}
-{{- $perPod = max 1 (floor (divf .gpusPerPod .gpusPerReplica)) | int }}
-{{- end }}
-{{- div (add $n $perPod -1) $perPod }}
+{{- div (add $n .perPod -1) .perPod }}
 {{- end }}
