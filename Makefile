@@ -58,15 +58,10 @@ lint: venv
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
-# tests/unit/ (no Ray, no servers) runs beside tests/integration/, which shares one local Ray
-# cluster and leaves a core idle much of the time; each prints its own summary and slowest tests.
 test: venv lint tools
-	@log=$$(mktemp); $(BIN)/pytest -q -m "not integration" --durations=5 > $$log 2>&1 & unit=$$!; \
-	$(BIN)/pytest -q -m integration --durations=25; integration=$$?; \
-	wait $$unit; unit=$$?; echo "== tests/unit/"; cat $$log; rm -f $$log; \
-	exit $$(( integration || unit ))
+	$(BIN)/pytest -q --durations=25
 
-# tests/unit/ only: no Ray cluster, helm, servers or training runs (about 5 minutes on 2 cores)
+# tests/unit/ only: no Ray cluster, helm, servers or training runs (about 2 minutes on 2 cores)
 test-fast: venv lint
 	$(BIN)/pytest -q -m "not integration"
 
