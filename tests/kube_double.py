@@ -22,6 +22,7 @@ COLLECTIONS = {
     ("", "v1", "pods"): "Pod",
     ("networking.k8s.io", "v1", "networkpolicies"): "NetworkPolicy",
     ("policy", "v1", "poddisruptionbudgets"): "PodDisruptionBudget",
+    ("monitoring.coreos.com", "v1", "podmonitors"): "PodMonitor",
     ("ray.io", "v1", "rayjobs"): "RayJob",
     ("ray.io", "v1", "rayservices"): "RayService",
 }

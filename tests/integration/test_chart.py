@@ -76,10 +76,15 @@ def test_rendered_objects_match_their_schemas(rendered, crd_schemas):
     kinds = sorted(d["kind"] for d in docs)
     expected = ["ConfigMap", "NetworkPolicy", "ServiceAccount", MAIN_KIND[values["workload"]]]
     expected += ["PodDisruptionBudget"] if values["podDisruptionBudget"]["enabled"] else []
+    expected += ["PodMonitor"] * 2 if values["metrics"]["podMonitor"]["enabled"] else []
     assert kinds == sorted(expected)
     for doc in docs:
         where = f"{doc['kind']} {doc['metadata']['name']}"
-        if doc["kind"] in CUSTOM_KINDS:
+        if doc["kind"] == "PodMonitor":  # no Prometheus Operator CRD here: its required fields
+            assert doc["apiVersion"] == "monitoring.coreos.com/v1"
+            assert doc["spec"]["selector"]["matchLabels"] and doc["spec"]["podMetricsEndpoints"]
+            assert all(set(e) <= {"port", "interval"} for e in doc["spec"]["podMetricsEndpoints"])
+        elif doc["kind"] in CUSTOM_KINDS:
             errors = validate_crd(doc, crd_schemas)
             assert not errors, f"{where} breaks the KubeRay v1.7.0 CRD schema:\n" + "\n".join(errors)
         else:
@@ -158,9 +163,11 @@ def test_secure_defaults(rendered):
     assert policy["spec"]["policyTypes"] == ["Ingress"]
     rules = policy["spec"]["ingress"]
     assert rules[0] == {"from": [{"podSelector": {"matchLabels": selector}}]}
-    for rule in rules[1:]:  # everything else is port-limited: dashboard for the operator, serve port
+    for rule in rules[1:]:  # everything else is port-limited: the operator's, the serve and metrics ports
         ports = {p["port"] for p in rule["ports"]}
-        assert ports in ({8265}, {values["serve"]["port"]})
+        assert ports in ({8265}, {values["serve"]["port"]}, {8080, 44217, 44227})
+        if ports == {8080, 44217, 44227}:
+            assert rule["from"] == values["networkPolicy"]["metricsFrom"]
         if ports == {8265}:
             operator = rule["from"][0]["podSelector"]["matchLabels"]
             assert operator == {"app.kubernetes.io/name": "kuberay-operator"}
@@ -343,6 +350,38 @@ def test_production_serving_values():
     ]
 
 
+def test_pod_monitors_scrape_the_metrics_ports_prometheus_may_reach():
+    """Each PodMonitor selects exactly its pods (head or every worker group), each endpoint names
+    a port those pods declare, and the NetworkPolicy admits Prometheus to exactly those ports."""
+    docs = template(CHART / "ci" / "serve-production-values.yaml", release="serve")
+    (service,) = by_kind(docs, "RayService")
+    pods = pod_templates(service)
+    monitors = {m["metadata"]["name"]: m for m in by_kind(docs, "PodMonitor")}
+    assert set(monitors) == {"serve-vft-head", "serve-vft-worker"}
+    for name, monitor in monitors.items():
+        assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+        selector = monitor["spec"]["selector"]["matchLabels"]
+        selected = [
+            (where, pod) for where, pod in pods if selector.items() <= pod["metadata"]["labels"].items()
+        ]
+        assert [w for w, _ in selected] == (
+            ["head"] if name.endswith("head") else ["worker gpu", "worker cpu-preprocess"]
+        )
+        for where, pod in selected:
+            declared = {p["name"]: p["containerPort"] for p in pod["spec"]["containers"][0]["ports"]}
+            for endpoint in monitor["spec"]["podMetricsEndpoints"]:
+                assert endpoint["port"] in declared, (where, endpoint)
+    (policy,) = by_kind(docs, "NetworkPolicy")
+    (metrics_rule,) = [
+        r for r in policy["spec"]["ingress"] if {p["port"] for p in r.get("ports", [])} >= {8080}
+    ]
+    assert {p["port"] for p in metrics_rule["ports"]} == {8080, 44217, 44227}
+    assert metrics_rule["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    ]
+    assert not by_kind(template(), "PodMonitor")  # off by default
+
+
 def test_incremental_upgrades_pass_kuberays_options_through(crd_schemas):
     options = {"gatewayClassName": "istio", "stepSizePercent": 25, "intervalSeconds": 60}
     sets = ["workload=serve", "serve.upgradeStrategy.type=NewClusterWithIncrementalUpgrade"]
@@ -491,6 +530,7 @@ def test_values_schema_rejects(setting, message):
         (["workload=tune", "tune.minReplicas=9", "tune.maxReplicas=8"], "tune.minReplicas"),
         (["workload=serve", "serve.gpusPerReplica=2"], "serve.gpusPerReplica"),
         (["workload=serve", "serve.cpusPerReplica=16"], "serve.cpusPerReplica"),
+        (["metrics.podMonitor.enabled=true"], "networkPolicy.metricsFrom"),
         (["storage.claimName="], "storage.claimName"),
         (["storage.type=s3"], "storage.uri"),
         (["storage.type=gcs", "storage.uri=s3://bucket/runs"], "storage.uri"),

@@ -124,12 +124,15 @@ def test_serve_creates_a_rayservice_and_waits_until_ready(kube):
     ready = {"conditions": [{"type": "Ready", "status": "True", "reason": "NonZeroServeEndpoints"}]}
     double, server = kube(statuses=[initializing, ready])
     sets = ["--set", "serve.backend=int8", "--set", "podDisruptionBudget.enabled=true"]
+    sets += ["--set", "metrics.podMonitor.enabled=true"]
+    sets += ["--set", "networkPolicy.metricsFrom[0].podSelector.matchLabels.app=prometheus"]
     result = vft(*submit_args(server, "serve", str(CONFIG), *sets))
     assert result.exit_code == 0, result.output
-    created = by_kind(double.created())
-    assert created == by_kind(rendered("serve", "digits", extra=sets))
-    assert "PodDisruptionBudget" in created
-    serve_config = yaml.safe_load(created["RayService"]["spec"]["serveConfigV2"])
+    created, expected = double.created(), rendered("serve", "digits", extra=sets)
+    key = lambda doc: (doc["kind"], doc["metadata"]["name"])  # noqa: E731
+    assert sorted(created, key=key) == sorted(expected, key=key)
+    assert {d["kind"] for d in created} >= {"PodDisruptionBudget", "PodMonitor"}
+    serve_config = yaml.safe_load(by_kind(created)["RayService"]["spec"]["serveConfigV2"])
     args = serve_config["applications"][0]["args"]
     assert (args["run_dir"], args["backend"]) == ("/mnt/vft/runs/digits", "int8")
 

@@ -10,7 +10,9 @@ import time
 from trainer.launch.options import CR_PLURALS, SubmitError, SubmitOptions, say
 
 RAY_GROUP, RAY_VERSION = "ray.io", "v1"
-CREATE_ORDER = ["ServiceAccount", "NetworkPolicy", "PodDisruptionBudget", "ConfigMap", "RayJob", "RayService"]
+CREATE_ORDER = ["ServiceAccount", "NetworkPolicy", "PodDisruptionBudget", "PodMonitor", "ConfigMap"]
+CREATE_ORDER += ["RayJob", "RayService"]
+MONITORING = ("monitoring.coreos.com", "v1", "podmonitors")  # the Prometheus Operator's PodMonitor
 
 
 def kube_namespace(opts: SubmitOptions) -> str:
@@ -66,6 +68,8 @@ class KubeObjects:
             self.net.create_namespaced_network_policy(ns, doc)
         elif kind == "PodDisruptionBudget":
             self.policy.create_namespaced_pod_disruption_budget(ns, doc)
+        elif kind == "PodMonitor":
+            self.custom.create_namespaced_custom_object(*MONITORING[:2], ns, MONITORING[2], doc)
         elif kind in CR_PLURALS:
             self.custom.create_namespaced_custom_object(RAY_GROUP, RAY_VERSION, ns, CR_PLURALS[kind], doc)
         else:
@@ -81,6 +85,8 @@ class KubeObjects:
             self.net.replace_namespaced_network_policy(name, ns, doc)
         elif kind == "PodDisruptionBudget":
             self.policy.replace_namespaced_pod_disruption_budget(name, ns, doc)
+        elif kind == "PodMonitor":
+            self.custom.replace_namespaced_custom_object(*MONITORING[:2], ns, MONITORING[2], name, doc)
         elif kind == "RayService":  # a new model or config: KubeRay upgrades it without downtime
             self.custom.patch_namespaced_custom_object(RAY_GROUP, RAY_VERSION, ns, "rayservices", name, doc)
         else:

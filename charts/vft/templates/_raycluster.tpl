@@ -81,6 +81,13 @@ headGroupSpec:
               containerPort: 8265
             - name: client
               containerPort: 10001
+            {{- /* scraped by the head's PodMonitor (KubeRay's port names) */}}
+            - name: metrics
+              containerPort: 8080
+            - name: as-metrics
+              containerPort: 44217
+            - name: dash-metrics
+              containerPort: 44227
             {{- if .servePort }}
             - name: serve
               containerPort: {{ .servePort }}
@@ -165,11 +172,13 @@ the group's own (name, replicas, minReplicas, maxReplicas, gpusPerPod, resources
         - name: ray-worker
           image: {{ include "vft.image" $root }}
           imagePullPolicy: {{ $v.image.pullPolicy }}
-          {{- if .servePort }}
           ports:
+            - name: metrics
+              containerPort: 8080
+            {{- if .servePort }}
             - name: serve
               containerPort: {{ .servePort }}
-          {{- end }}
+            {{- end }}
           {{- with include "vft.containerEnv" (dict "root" $root "group" $g) }}
           {{- . | trim | nindent 10 }}
           {{- end }}
