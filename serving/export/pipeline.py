@@ -58,7 +58,9 @@ def export_local(run_dir: Path, opts: ExportOptions, label: str | None = None) -
     meta = read_run_meta(run_dir)
     task = task_of(meta)
     spec = task.export_spec
-    formats = with_requirements(opts.formats or spec.default_formats)
+    formats, blocked = plan_formats(opts.formats or spec.default_formats, spec)
+    if not formats:  # nothing to build: the run's export/ stays as it is
+        raise ExportError("; ".join(f"{fmt}: not built: {why}" for fmt, why in blocked.items()))
     torch_backend = TorchBackend(run_dir, task, device="cpu")  # the reference: fp32, as exported
     graph = task.onnx_graph(torch_backend.model, meta)
     cfg = run_config(run_dir, opts.data)
@@ -68,7 +70,7 @@ def export_local(run_dir: Path, opts: ExportOptions, label: str | None = None) -
     limit = min(opts.max_images, spec.max_parity_images or opts.max_images)
     val = parity_batches(task, cfg, meta, first(split.val, limit), opts.batch_size)
     calibration: Batches = []
-    if any(EXPORTERS.get(f).calibrated for f in formats if f in spec.formats):
+    if any(EXPORTERS.get(f).calibrated for f in formats):
         shuffled = split.train.subset(np.random.default_rng(0).permutation(len(split.train)))
         calibration = parity_batches(
             task, cfg, meta, first(shuffled, opts.calibration_images), opts.batch_size
@@ -90,20 +92,31 @@ def export_local(run_dir: Path, opts: ExportOptions, label: str | None = None) -
             "value": check.value,
             **speeds(torch_backend, check.timing),
         },
-        "formats": {},
+        "formats": {fmt: {"status": "unavailable", "reason": reason} for fmt, reason in blocked.items()},
     }
     for fmt in formats:
-        exporter = EXPORTERS.get(fmt)
-        reason = spec.unsupported if fmt not in spec.formats else exporter.unavailable()
-        if reason:
-            report["formats"][fmt] = {"status": "unavailable", "reason": reason}
-            continue
-        result = exporter.build(run_dir, graph, opts, calibration)
+        result = EXPORTERS.get(fmt).build(run_dir, graph, opts, calibration)
         report["formats"][fmt] = check_format(fmt, result, check, opts)
     add_speedups(report["formats"], f"img_s_batch{opts.batch_size}")
     report["passed"] = all(r["status"] != "failed" for r in report["formats"].values())
     (out / "report.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def plan_formats(
+    requested: tuple[str, ...], spec, unavailable=None
+) -> tuple[tuple[str, ...], dict[str, str]]:
+    """(formats to build, in build order; {format: why not} for those this task or machine cannot
+    build). What only a blocked format needed (the ONNX model a TensorRT engine is built from) is
+    not built for it. `unavailable(fmt)`: why this machine cannot build `fmt` (default: ask its
+    exporter)."""
+    unavailable = unavailable or (lambda fmt: EXPORTERS.get(fmt).unavailable())
+    blocked = {}
+    for fmt in requested:
+        why = spec.unsupported if fmt not in spec.formats else unavailable(fmt)
+        if why:
+            blocked[fmt] = why
+    return with_requirements(tuple(f for f in requested if f not in blocked)), blocked
 
 
 def check_format(fmt: str, result: dict, check: Check, opts: ExportOptions) -> dict:

@@ -116,16 +116,14 @@ def test_tensorrt_says_why_it_cannot_build_here(exported_run, tmp_path):
     for sub in ("best", "config.yaml"):
         (copy / sub).symlink_to(run_dir / sub)
     result = vft("export", copy, "--format", "tensorrt", "--max-images", "32", "--calibration-images", "32")
-    report = json.loads((copy / "export" / "report.json").read_text())
     if reason is None:  # a GPU machine with TensorRT: a real engine
         assert result.exit_code == 0, result.output
         assert (copy / "export" / "model.plan").stat().st_size > 0
         return
     assert result.exit_code == 2
-    assert "tensorrt: not built" in result.output and reason.split()[0] in result.output
-    assert report["formats"]["tensorrt"] == {"status": "unavailable", "reason": reason}
-    assert report["formats"]["onnx"]["status"] == "passed"  # the rest is still exported
-    assert not (copy / "export" / "model.plan").exists()
+    assert f"tensorrt: not built: {reason}" in " ".join(result.output.split())
+    # refused before anything was built: no ONNX model exported only to feed it, no report
+    assert not (copy / "export").exists()
 
 
 def test_dynamic_int8_runs_and_agrees(exported_run, tmp_path):

@@ -50,3 +50,11 @@ def test_ls_lists_registered_names():
     assert {"sgd", "adam", "adamw", "lamb"} <= set(optimizers)
     schedulers = CliRunner().invoke(app, ["ls", "schedulers"]).stdout.split()
     assert set(schedulers) == {"constant", "cosine", "cyclic", "multistep", "onecycle", "plateau", "step"}
+
+
+def test_errors_print_paths_and_hints_with_brackets_verbatim(tmp_path):
+    """`error: ...` is not read as console markup: a path like `runs[2]/x.yaml` keeps its brackets."""
+    missing = tmp_path / "runs[2]" / "config[gpu].yaml"
+    result = CliRunner().invoke(app, ["validate", str(missing)])
+    assert result.exit_code == 2
+    assert str(missing) in result.output
