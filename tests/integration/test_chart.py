@@ -78,6 +78,10 @@ def test_rendered_objects_match_their_schemas(rendered, crd_schemas):
     expected += ["PodDisruptionBudget"] if values["podDisruptionBudget"]["enabled"] else []
     expected += ["PodMonitor"] * 2 if values["metrics"]["podMonitor"]["enabled"] else []
     assert kinds == sorted(expected)
+    check_schemas(docs, crd_schemas)
+
+
+def check_schemas(docs: list[dict], crd_schemas: dict[str, dict]) -> None:
     for doc in docs:
         where = f"{doc['kind']} {doc['metadata']['name']}"
         if doc["kind"] == "PodMonitor":  # no Prometheus Operator CRD here: its required fields
@@ -563,6 +567,29 @@ def test_k8s_examples_are_rendered_from_the_chart(tmp_path):
         assert (ROOT / "k8s" / "examples" / name).read_text() == (tmp_path / name).read_text(), (
             f"k8s/examples/{name} is stale: run `bash k8s/render.sh`"
         )
+
+
+def test_production_walkthrough_renders(crd_schemas):
+    """Every `helm install|upgrade RELEASE charts/vft ...` in k8s/production.md, as `helm
+    template` with the same values, renders objects valid against the schemas."""
+    text = (ROOT / "k8s" / "production.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
+    commands = [shlex.split(c) for b in blocks for c in b.replace("\\\n", " ").splitlines()]
+    ours = [
+        c
+        for c in commands
+        if c[:2] in (["helm", "install"], ["helm", "upgrade"]) and c[3:4] == ["charts/vft"]
+    ]
+    assert len(ours) >= 7, ours
+    for command in ours:
+        args = [a for a in command[4:] if a != "--create-namespace"]
+        if "-n" in args:
+            del args[args.index("-n") : args.index("-n") + 2]
+        docs = [
+            d for d in yaml.safe_load_all(run_helm("template", command[2], str(CHART), *args).stdout) if d
+        ]
+        assert any(d["kind"] in CUSTOM_KINDS for d in docs), command
+        check_schemas(docs, crd_schemas)
 
 
 def test_k8s_examples_are_valid(crd_schemas):
