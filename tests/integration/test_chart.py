@@ -311,6 +311,11 @@ def test_tune_max_replicas_defaults_to_what_the_trials_need():
     docs = template(sets=["workload=tune", "tune.maxConcurrentTrials=3", "workers.gpusPerPod=4"])
     (group,) = ray_cluster(by_kind(docs, "RayJob")[0])["workerGroupSpecs"]
     assert group["maxReplicas"] == 1
+    # CPUs as well: 4 trials x (1 driver + 2 workers x 4 CPUs) = 36 CPUs on 8-CPU pods: 5, not 4
+    sets = ["workload=tune", "tune.maxConcurrentTrials=4", "tune.workersPerTrial=2", "workers.gpusPerPod=2"]
+    docs = template(sets=sets, extra=["--set-json", 'config.scaling={"cpus_per_worker": 4}'])
+    (group,) = ray_cluster(by_kind(docs, "RayJob")[0])["workerGroupSpecs"]
+    assert group["maxReplicas"] == 5
 
 
 def test_serve_pods_follow_replicas_per_gpu():
@@ -535,6 +540,7 @@ def test_values_schema_rejects(setting, message):
         (["workload=serve", "serve.gpusPerReplica=2"], "serve.gpusPerReplica"),
         (["workload=serve", "serve.cpusPerReplica=16"], "serve.cpusPerReplica"),
         (["metrics.podMonitor.enabled=true"], "networkPolicy.metricsFrom"),
+        (["workload=tune", "run.overrides[0]=scaling.cpus_per_worker=9"], "scaling.cpus_per_worker"),
         (["storage.claimName="], "storage.claimName"),
         (["storage.type=s3"], "storage.uri"),
         (["storage.type=gcs", "storage.uri=s3://bucket/runs"], "storage.uri"),

@@ -1,20 +1,42 @@
-{{/* Worker pod counts of the autoscaling clusters: a tune's most, and a RayService's. */}}
+{{/* Worker pod counts: a tune's most, a RayService's; what a worker pod holds. */}}
 
 {{/*
-Worker pods a tune needs at most: maxConcurrentTrials x workersPerTrial GPUs, gpusPerPod per pod.
+`scaling.cpus_per_worker` as the job will see it: from run.overrides, else the config, else 1.
+*/}}
+{{- define "vft.cpusPerWorker" -}}
+{{- $scaling := get (include "vft.configText" . | fromYaml) "scaling" | default dict }}
+{{- $cpus := get $scaling "cpus_per_worker" | default 1.0 }}
+{{- range .Values.run.overrides }}
+{{- if hasPrefix "scaling.cpus_per_worker=" . }}{{ $cpus = trimPrefix "scaling.cpus_per_worker=" . }}{{ end }}
+{{- end }}
+{{- float64 $cpus }}
+{{- end }}
+
+{{/*
+Worker pods a tune needs at most: enough for maxConcurrentTrials trials' GPUs (workersPerTrial
+each, gpusPerPod per pod) and CPUs (each trial's driver, 1, plus workersPerTrial x
+scaling.cpus_per_worker; the head schedules none).
 */}}
 {{- define "vft.tuneMaxReplicas" -}}
 {{- $t := .Values.tune }}
 {{- $workers := mul (int $t.maxConcurrentTrials) (int $t.workersPerTrial) }}
 {{- $gpus := int .Values.workers.gpusPerPod }}
-{{- $need := ternary $workers (div (add $workers $gpus -1) (max $gpus 1)) (eq $gpus 0) }}
+{{- $byGpu := ternary $workers (div (add $workers $gpus -1) (max $gpus 1)) (eq $gpus 0) }}
+{{- $podCpus := include "vft.workerCpus" . | float64 }}
+{{- $perWorker := include "vft.cpusPerWorker" . | float64 }}
+{{- if gt $perWorker $podCpus }}
+{{- fail (printf "scaling.cpus_per_worker: %v CPUs per Train worker do not fit a worker pod's %v CPUs" $perWorker $podCpus) }}
+{{- end }}
+{{- $trialCpus := addf 1.0 (mulf (int $t.workersPerTrial) $perWorker) }}
+{{- $byCpu := ceil (divf (mulf (int $t.maxConcurrentTrials) $trialCpus) $podCpus) | int }}
+{{- $need := max $byGpu $byCpu }}
 {{- if kindIs "invalid" $t.maxReplicas }}
 {{- $need }}
 {{- else if lt (int $t.maxReplicas) (int $need) }}
 {{- $msg := printf "tune.maxReplicas: %d worker pods cannot run tune.maxConcurrentTrials=%d trials"
     (int $t.maxReplicas) (int $t.maxConcurrentTrials) }}
-{{- fail (printf "%s of %d workers (%d GPUs per pod); need >= %d"
-    $msg (int $t.workersPerTrial) $gpus (int $need)) }}
+{{- fail (printf "%s of %d workers (%d GPUs and %v CPUs per pod, %v CPUs per trial); need >= %d"
+    $msg (int $t.workersPerTrial) $gpus $podCpus $trialCpus (int $need)) }}
 {{- else }}
 {{- int $t.maxReplicas }}
 {{- end }}
