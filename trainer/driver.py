@@ -5,7 +5,9 @@ matplotlib and the model zoo."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -127,8 +129,9 @@ def train(cfg: VftConfig, address: str | None = None, quiet: bool = False) -> Tr
             outcome["error"] = exc
 
     thread = threading.Thread(target=fit, name="vft-fit", daemon=True)
-    thread.start()
-    records = _watch(thread, board, cfg, quiet)
+    with _ctrl_c() as interrupted:
+        thread.start()
+        records = _watch(thread, board, cfg, quiet, interrupted)
     wall = time.perf_counter() - start
     ray.kill(board)
     if "error" in outcome:
@@ -147,8 +150,30 @@ def best_row(history: list[dict], monitor: str, mode: str) -> dict:
     return pick(history, key=lambda row: row[monitor])
 
 
-def _watch(thread: threading.Thread, board, cfg: VftConfig, quiet: bool) -> list[dict]:
-    """Poll the progress board while fit() runs; print one line per finished epoch."""
+@contextlib.contextmanager
+def _ctrl_c():
+    """An Event set by Ctrl-C (SIGINT) while training runs in another thread. A KeyboardInterrupt
+    raised inside a Ray call of the main thread can come out as a Ray error (the terminal's SIGINT
+    reaches the local cluster's processes too), so the watch loop checks the Event instead and
+    raises KeyboardInterrupt itself. Only the main thread can take the signal; elsewhere (a
+    Tune trial) the Event stays clear."""
+    interrupted = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield interrupted
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.set())
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _watch(
+    thread: threading.Thread, board, cfg: VftConfig, quiet: bool, interrupted: threading.Event
+) -> list[dict]:
+    """Poll the progress board while fit() runs; print one line per finished epoch. Ctrl-C
+    (`interrupted`) ends it with KeyboardInterrupt: the process exits and its local cluster, the
+    Train workers with it, stops before another epoch."""
     records: list[dict] = []
     columns = [
         TextColumn("[bold]epoch {task.fields[epoch]}"),
@@ -166,9 +191,11 @@ def _watch(thread: threading.Thread, board, cfg: VftConfig, quiet: bool) -> list
         while thread.is_alive():
             thread.join(timeout=0.5)
             try:
-                latest, new = ray.get(board.read.remote(len(records)), timeout=5)
+                latest, new = ray.get(board.read.remote(len(records)), timeout=2)
             except (ray.exceptions.RayError, TimeoutError):
-                continue
+                latest, new = None, []
+            if interrupted.is_set():
+                raise KeyboardInterrupt
             if latest:
                 bar.update(
                     task,

@@ -94,6 +94,7 @@ def test_interrupted_run_resumes_from_its_saved_epoch(ray_cluster, digits_dir, t
         first.wait()
     before = read_metrics_csv(str(run_dir / "metrics.csv"))
     assert 1 <= len(before) < 4, before
+    assert first.returncode == 130 and "interrupted: the same command resumes" in first.stdout.read()
 
     second = CliRunner().invoke(app, [str(a) for a in args])
     assert second.exit_code == 0, second.output

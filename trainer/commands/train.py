@@ -37,6 +37,10 @@ def train(
     err.print(f"run dir: {run_dir_of(cfg)}")
     try:
         summary = run_training(cfg, address=address, quiet=quiet)
+    except KeyboardInterrupt:
+        resume = f"interrupted: the same command resumes {run_dir_of(cfg)} from its last checkpoint"
+        err.print(resume, soft_wrap=True, markup=False, highlight=False)
+        raise typer.Exit(130) from None
     except RunFailed as exc:
         if isinstance(exc.worker_error, VftError):  # bad input found by a worker: its own exit code
             fail(str(exc.worker_error), exc.worker_error.exit_code)
