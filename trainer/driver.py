@@ -209,6 +209,8 @@ def _watch(
                 records.append(record)
                 if not quiet:
                     console.print(_epoch_line(record, cfg))
+    if interrupted.is_set():  # the same SIGINT may have ended the workers, and so fit(), first
+        raise KeyboardInterrupt
     return records
 
 
