@@ -103,6 +103,7 @@ COLUMNS = ("format", "status", "max|diff|", "agree", "metric", "delta", "img/s 1
 
 
 def export_row(fmt: str, r: dict) -> list[str]:
+    fmt = f"{fmt} (qat)" if r.get("mode") == "qat" else fmt
     if r["status"] == "unavailable":
         return [fmt, "[yellow]unavailable", *[""] * 6]
     status = "[green]passed" if r["status"] == "passed" else "[red]failed"

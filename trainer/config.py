@@ -9,7 +9,7 @@ import difflib
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import yaml
 from pydantic import (
@@ -263,6 +263,25 @@ class TrainConfig(_Strict):
     seed: int = 0
 
 
+class QatSection(_Strict):
+    """Quantization-aware training: the last `epochs` epochs train with int8 fake quantization
+    (PyTorch 2 export QAT through torchao), so `vft export --format int8` writes the learned
+    scales instead of calibrating."""
+
+    enabled: bool = False
+    epochs: int | None = Field(
+        None, ge=1, description="the last N epochs train quantized (null: all of them, e.g. a short "
+        "QAT run from a finished one: model.weights=RUN_DIR)",
+    )  # fmt: skip
+    per_channel: bool = Field(True, description="int8 weights per output channel (else per tensor)")
+    freeze_bn_after: int | None = Field(
+        None, ge=1, description="QAT epochs after which BatchNorm statistics stop updating (null: never)"
+    )
+    freeze_observers_after: int | None = Field(
+        None, ge=1, description="QAT epochs after which activation ranges stop updating (null: never)"
+    )
+
+
 class ScalingSection(_Strict):
     num_workers: int = Field(2, ge=1)
     use_gpu: bool | Literal["auto"] = "auto"
@@ -291,8 +310,10 @@ class VftConfig(_Strict):
     schedule: ScheduleConfig = ScheduleConfig()
     loss: LossConfig = LossConfig()
     train: TrainConfig = TrainConfig()
+    qat: QatSection = QatSection()
     scaling: ScalingSection = ScalingSection()
     run: RunSection = RunSection()
+    supports_qat: ClassVar[bool] = False  # a task whose models quantization-aware training takes
 
     def with_data_paths(self, localize: Callable[[str], str]) -> VftConfig:
         """A copy whose data.train and data.val went through `localize` (e.g. object-store
@@ -312,6 +333,30 @@ class VftConfig(_Strict):
     def _decode_needs_gpus(self) -> VftConfig:
         if self.data.decode == "gpu" and self.scaling.use_gpu is False:
             raise ValueError("data.decode: 'gpu' needs GPU workers, and scaling.use_gpu is false")
+        return self
+
+    @model_validator(mode="after")
+    def _qat_fits(self) -> VftConfig:
+        q = self.qat
+        if not q.enabled:
+            if q != QatSection():  # a dumped config repeats the defaults
+                raise ValueError("qat: settings given but qat.enabled is false")
+            return self
+        if not self.supports_qat:
+            raise ValueError(
+                f"qat.enabled: task '{self.task}' has no quantization-aware training (classification has)"
+            )
+        if q.epochs is not None and q.epochs > self.train.epochs:
+            raise ValueError(f"qat.epochs: {q.epochs} is more than train.epochs ({self.train.epochs})")
+        clashes = {
+            "finetune.strategy": self.finetune.strategy == "lora"
+            and "'lora' (adapters are merged after training)",
+            "train.compile": self.train.compile and "true (the quantized graph trains eagerly)",
+            "train.sync_bn": self.train.sync_bn and "true (the quantized graph keeps its own BatchNorm)",
+        }
+        for name, why in clashes.items():
+            if why:
+                raise ValueError(f"{name}: {why} does not work with qat.enabled")
         return self
 
     @model_validator(mode="after")

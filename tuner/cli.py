@@ -12,6 +12,7 @@ from rich.logging import RichHandler
 from trainer.components.remote_data import localize
 from trainer.config import load_config
 from trainer.console import err, fail, out
+from trainer.engine.assemble import check_qat
 from trainer.errors import VftError
 from trainer.tasks.base import get_task
 from tuner.report import collect, summary_table, write_outputs
@@ -34,6 +35,7 @@ def tune(
         sweep_space = load_space(space, cfg)
         # fail fast, before any cluster starts, on an unusable dataset (object storage: copied here)
         get_task(cfg.task).check_data(cfg.with_data_paths(localize))
+        check_qat(cfg)
     except VftError as exc:
         fail(str(exc), exc.exit_code)
     show_progress(quiet)

@@ -1,9 +1,13 @@
-"""`int8`: ONNX Runtime quantization of model.onnx to model.int8.onnx, static QDQ calibrated on
-training images (per-channel int8 weights, uint8 activations, MinMax) or dynamic."""
+"""`int8`: model.int8.onnx, a QDQ model. A quantization-aware run (best/qat.safetensors) gives
+its learned scales: the QAT graph is rebuilt, converted and exported as it is, no calibration.
+Otherwise ONNX Runtime quantizes model.onnx: static QDQ calibrated on training images
+(per-channel int8 weights, uint8 activations, MinMax) or dynamic."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +19,14 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
+from safetensors.torch import load_file
 
-from serving.export.base import EXPORTERS, Exporter, ExportOptions
-from serving.runtime.rundir import INT8_FILE, ONNX_FILE, export_path
+from serving.export.base import EXPORTERS, Exporter, ExportError, ExportOptions
+from serving.export.to_onnx import export_onnx
+from serving.runtime.rundir import INT8_FILE, ONNX_FILE, checkpoint_dir, export_path, read_run_meta
+from trainer.components import checkpoint as ckpt
 from trainer.components.deploy import Batches, OnnxGraph
+from trainer.components.qat import QatPrepareError, QatSettings, convert, load_qparams, prepare
 
 
 class Calibration:
@@ -57,13 +65,30 @@ def quantize_int8(
             "bytes": out_path.stat().st_size}  # fmt: skip
 
 
+def export_qat_int8(graph: OnnxGraph, qat: dict, qparams_file: Path, out_path: Path, opset: int) -> dict:
+    """The QAT graph of `graph.module` (the float model) with the saved quantization state,
+    converted and written as QDQ ONNX. `qat`: meta.json's training.qat."""
+    model = copy.deepcopy(graph.module)  # conversion folds BatchNorm into the weights it holds
+    try:
+        prepared = prepare(model, graph.example[0], QatSettings(per_channel=qat["per_channel"]))
+        load_qparams(prepared, load_file(str(qparams_file)), str(qparams_file))
+    except (QatPrepareError, ValueError) as exc:
+        raise ExportError(str(exc)) from exc
+    result = export_onnx(replace(graph, module=convert(prepared)), out_path, opset, slim=False)
+    return {**result, "mode": "qat", "calibration_images": 0}
+
+
 class Int8Exporter(Exporter):
     requires = ("onnx",)
     calibrated = True
 
     def build(self, run_dir: Path, graph: OnnxGraph, opts: ExportOptions, calibration: Batches) -> dict:
-        batches = [inputs for inputs, _ in calibration]
         out = export_path(run_dir, INT8_FILE)
+        qparams_file = checkpoint_dir(run_dir) / ckpt.QAT_FILE
+        if qparams_file.is_file():
+            qat = read_run_meta(run_dir)["training"]["qat"]
+            return export_qat_int8(graph, qat, qparams_file, out, opts.opset)
+        batches = [inputs for inputs, _ in calibration]
         return quantize_int8(export_path(run_dir, ONNX_FILE), out, batches, opts.int8_mode, graph.inputs[0])
 
 

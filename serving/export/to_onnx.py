@@ -20,15 +20,18 @@ MIN_OPSET = 17
 MAX_DIM = 4096  # the largest size of a dynamic axis (the dynamo exporter needs a bound)
 
 
-def export_onnx(graph: OnnxGraph, path: Path, opset: int) -> dict:
+def export_onnx(graph: OnnxGraph, path: Path, opset: int, slim: bool = True) -> dict:
+    """`slim`: simplify with onnxslim (dynamo graphs); off for a QDQ graph, whose int8 weights
+    constant folding would turn back into floats."""
     if opset < MIN_OPSET:
         raise ExportError(f"--opset: {opset} is below {MIN_OPSET}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    write = _dynamo if graph.dynamo else _torchscript
-    return {"path": str(path), **write(graph, path, opset)}
+    if not graph.dynamo:
+        return {"path": str(path), **_torchscript(graph, path, opset)}
+    return {"path": str(path), **_dynamo(graph, path, opset, slim)}
 
 
-def _dynamo(graph: OnnxGraph, path: Path, opset: int) -> dict:
+def _dynamo(graph: OnnxGraph, path: Path, opset: int, slim: bool) -> dict:
     shapes = tuple(
         {
             axis: torch.export.Dim(name, min=1, max=MAX_DIM)
@@ -42,15 +45,15 @@ def _dynamo(graph: OnnxGraph, path: Path, opset: int) -> dict:
             input_names=list(graph.inputs), output_names=list(graph.outputs), optimize=True,
         )  # fmt: skip
     raw = program.model_proto
-    slim = onnxslim.slim(raw)
-    onnx.checker.check_model(slim, full_check=True)
-    onnx.save(slim, str(path))
+    proto = onnxslim.slim(raw) if slim else raw
+    onnx.checker.check_model(proto, full_check=True)
+    onnx.save(proto, str(path))
     return {
-        "opset": max(o.version for o in slim.opset_import if o.domain in ("", "ai.onnx")),
-        "nodes": len(slim.graph.node),
-        "nodes_before_slim": len(raw.graph.node),
+        "opset": max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
+        "nodes": len(proto.graph.node),
+        **({"nodes_before_slim": len(raw.graph.node)} if slim else {}),
         "bytes": path.stat().st_size,
-        "dynamic_batch": slim.graph.input[0].type.tensor_type.shape.dim[0].dim_param or None,
+        "dynamic_batch": proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param or None,
     }
 
 

@@ -86,6 +86,9 @@ DEFERRED = {
     # Ray pickles the Train entry point by reference: the Train controller and each Tune trial's
     # process import its module, and only the workers need the training loop (timm, torchvision)
     ("trainer/engine/entry.py", "train_worker", "trainer.engine.loop"),
+    # the QAT annotation rules subclass torchao's Quantizer: torchao (a second of imports and a
+    # logged torch deprecation) loads only in runs and exports that use quantization-aware training
+    ("trainer/components/qat.py", "_quantizer", "trainer.components.ort_quantizer"),
 }
 
 

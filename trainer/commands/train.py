@@ -15,6 +15,7 @@ from trainer.config import load_config
 from trainer.console import err, fail, out
 from trainer.driver import RunFailed, run_dir_of, summary_table
 from trainer.driver import train as run_training
+from trainer.engine.assemble import check_qat
 from trainer.errors import VftError
 from trainer.tasks.base import get_task
 
@@ -31,6 +32,7 @@ def train(
         cfg = load_config(config, overrides or [], name=name)
         # fail fast, before any cluster starts, on an unusable dataset (object storage: copied here)
         get_task(cfg.task).check_data(cfg.with_data_paths(localize))
+        check_qat(cfg)
     except VftError as exc:
         fail(str(exc), exc.exit_code)
     logging.basicConfig(level=logging.WARNING)

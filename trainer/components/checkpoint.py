@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 import trainer
 
 MODEL_FILE, META_FILE, STATE_FILE = "model.safetensors", "meta.json", "state.pt"
+QAT_FILE = "qat.safetensors"  # a quantization-aware model's observers, scales and zero points
 
 
 def is_remote(uri: str) -> bool:
@@ -32,11 +33,18 @@ def join(base: str, *parts: str) -> str:
 
 
 def write_checkpoint(
-    directory: str | Path, weights: dict[str, torch.Tensor], meta: dict, state: dict
+    directory: str | Path,
+    weights: dict[str, torch.Tensor],
+    meta: dict,
+    state: dict,
+    qparams: dict[str, torch.Tensor] | None = None,
 ) -> None:
+    """`qparams`: a quantization-aware model's quantization state (qat.safetensors)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(directory / MODEL_FILE))
+    if qparams:  # copies: observers shared between ops appear under each op's name
+        save_file({k: v.detach().cpu().clone() for k, v in qparams.items()}, str(directory / QAT_FILE))
     (directory / META_FILE).write_text(json.dumps(meta, indent=2))
     torch.save(state, directory / STATE_FILE)
 

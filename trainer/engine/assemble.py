@@ -20,6 +20,7 @@ from trainer.components.models import BuiltModel
 from trainer.components.optim import create_optimizer
 from trainer.components.precision import resolve_precision
 from trainer.components.preprocess import Preprocessing
+from trainer.components.qat import QatEma, QatPrepareError, QatSettings, capture, is_qat, prepare
 from trainer.components.remote_data import localize
 from trainer.components.schedules import LrSchedule, ScheduleSpec, create_schedule
 from trainer.config import VftConfig
@@ -169,6 +170,48 @@ def _setup_model(built: BuiltModel, *, device: torch.device, sync_bn: bool, chan
         built.module = nn.SyncBatchNorm.convert_sync_batchnorm(built.module)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     built.module.to(device, memory_format=memory_format)
+
+
+def qat_start_epoch(cfg: VftConfig) -> int | None:
+    """The first epoch (0-based) that trains quantization-aware, or None without QAT."""
+    q = cfg.qat
+    return cfg.train.epochs - (q.epochs or cfg.train.epochs) if q.enabled else None
+
+
+def check_qat(cfg: VftConfig) -> None:
+    """Before any cluster starts: a QAT run's model can be captured (ConfigError naming the
+    layer otherwise). Built on the meta device: no weights, no memory, under a second."""
+    if not cfg.qat.enabled:
+        return
+    task = get_task(cfg.task)
+    bare = cfg.model_copy(update={"model": cfg.model.model_copy(update={"weights": "none"})})
+    with torch.device("meta"):
+        built = task.build_model(bare, 2)
+        size = task.build_preprocessing(bare, built).input_size
+        try:
+            capture(built.module, torch.empty(2, 3, size, size))
+        except QatPrepareError as exc:
+            raise ConfigError(str(exc)) from exc
+
+
+def enter_qat(job: Job) -> None:
+    """From here on the model trains quantization-aware: it becomes its QAT graph, which shares
+    its parameters (the optimizer and schedule go on as they are); the EMA follows it from its
+    current average; the next `set_stage` wraps the graph in DDP."""
+    if is_qat(job.model):
+        return
+    size = job.prep.input_size
+    example = torch.randn(2, 3, size, size, device=job.device).contiguous(
+        memory_format=job.step.memory_format
+    )
+    try:
+        prepared = prepare(job.model, example, QatSettings(per_channel=job.cfg.qat.per_channel))
+    except QatPrepareError as exc:
+        raise ConfigError(str(exc)) from exc
+    job.built.module = job.step.model = job.step.forward_model = prepared
+    if job.step.ema is not None:
+        job.step.ema = QatEma(prepared, job.cfg.train.ema.decay, device=job.device, start=job.step.ema.module)
+    job.trainable = set()  # set_stage wraps the new graph (DDP) on its next call
 
 
 def resolve_decode(decode: str, device: torch.device) -> str:

@@ -20,8 +20,9 @@ from trainer.components import checkpoint as ckpt
 from trainer.components.feature_cache import extract_features
 from trainer.components.finetune import apply_trainable, freeze_frozen_batchnorm, trainable_names
 from trainer.components.precision import autocast, to_device
+from trainer.components.qat import freeze_bn, freeze_observers, set_mode
 from trainer.config import build_config
-from trainer.engine.assemble import Job, setup
+from trainer.engine.assemble import Job, enter_qat, qat_start_epoch, setup
 from trainer.engine.progress import WorkerProgress
 from trainer.engine.state import latest_checkpoint, restore, save_epoch
 from trainer.engine.step import NonFiniteLossError
@@ -45,6 +46,7 @@ def train_worker(loop_config: dict) -> None:
         cache_features(job)
     for epoch in range(job.start_epoch, t.epochs):
         seed_everything(t.seed + 1000 * epoch + rank)
+        set_quantization(job, epoch)
         set_stage(job, epoch)
         start = time.perf_counter()
         record = {"epoch": epoch + 1, **train_one_epoch(job, epoch, progress)}
@@ -89,6 +91,20 @@ def cache_features(job: Job) -> None:
     )
 
 
+def set_quantization(job: Job, epoch: int) -> None:
+    """Quantization-aware training from its first epoch on (qat.epochs before the end); the
+    BatchNorm statistics and the observed ranges freeze after their configured QAT epochs."""
+    start, q = qat_start_epoch(job.cfg), job.cfg.qat
+    if start is None or epoch < start:
+        return
+    enter_qat(job)
+    trained = epoch - start  # QAT epochs already behind
+    if q.freeze_bn_after and trained >= q.freeze_bn_after:
+        freeze_bn(job.model)
+    if q.freeze_observers_after and trained >= q.freeze_observers_after:
+        freeze_observers(job.model)
+
+
 def set_stage(job: Job, epoch: int) -> None:
     """Freeze/unfreeze for this epoch; re-wrap DDP (and compile) when the trainable set changes,
     since DDP registers gradient hooks only for parameters that train when it is built."""
@@ -108,7 +124,7 @@ def set_stage(job: Job, epoch: int) -> None:
 
 
 def train_one_epoch(job: Job, epoch: int, progress: WorkerProgress) -> dict:
-    job.model.train()
+    set_mode(job.model, train=True)
     freeze_frozen_batchnorm(job.model)
     loader = job.train_loader
     set_epoch = getattr(loader, "set_epoch", None) or getattr(
@@ -155,7 +171,7 @@ def evaluate(job: Job) -> tuple[dict, dict]:
     """The task's metrics on the validation set (with the EMA weights when EMA is on), plus any
     extra metrics the task measures itself."""
     model = job.step.ema.module if job.step.ema is not None else job.model
-    model.eval()
+    set_mode(model, train=False)
     job.metrics.reset()
     fmt = job.step.memory_format
     for images, targets, _ in job.val_loader:

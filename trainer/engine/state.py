@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
+from pathlib import Path
 
 from safetensors.torch import load_file
 
 from trainer.components import checkpoint as ckpt
 from trainer.components.lora import adapter_keys, base_fingerprint, has_adapters, merged_state_dict
+from trainer.components.qat import is_qat, split_state
 from trainer.components.runlog import write_metrics_csv
-from trainer.engine.assemble import Job
+from trainer.engine.assemble import Job, enter_qat, qat_start_epoch
 from trainer.errors import WeightsError
 
 
@@ -41,6 +43,7 @@ def model_meta(job: Job, metrics: dict, epoch: int) -> dict:
             "world_size": job.world,
             "strategy": c.finetune.strategy,
             **({"lora": _lora_meta(job)} if has_adapters(job.model) else {}),
+            **({"qat": _qat_meta(job)} if is_qat(job.model) else {}),
         },
     )
     return {**meta, **{k: v for k, v in fields.items() if k not in meta}}
@@ -93,6 +96,18 @@ def _lora_meta(job: Job) -> dict:
     }
 
 
+def _qat_meta(job: Job) -> dict:
+    """What `vft export --format int8` rebuilds the quantized graph from (with qat.safetensors)."""
+    q = job.cfg.qat
+    return {
+        "flow": "torchao pt2e",
+        "quantizer": "x86: uint8 activations per tensor, int8 symmetric weights",
+        "per_channel": q.per_channel,
+        "start_epoch": qat_start_epoch(job.cfg) + 1,
+        "epochs": q.epochs or job.cfg.train.epochs,
+    }
+
+
 def _load_part(module, part: dict, directory: str) -> None:
     _, unexpected = module.load_state_dict(part, strict=False)
     if unexpected:
@@ -108,6 +123,10 @@ def restore(job: Job, directory: str) -> None:
         restore_adapters(job, state, directory)
     else:
         weights = load_file(f"{directory}/{ckpt.MODEL_FILE}")
+        qat_file = Path(directory, ckpt.QAT_FILE)
+        if qat_file.is_file():  # saved quantization-aware: the model becomes its QAT graph first
+            enter_qat(job)
+            weights |= load_file(str(qat_file))
         job.model.load_state_dict(state.get("model", weights))
         if job.step.ema is not None:
             job.step.ema.load_state_dict(state["ema"])
@@ -174,10 +193,13 @@ def save_epoch(job: Job, epoch: int, record: dict, tables: dict, is_best: bool, 
     """Rank 0: write the checkpoint to a local folder, publish it as RUN_DIR/last (and
     RUN_DIR/best), rewrite metrics.csv. Returns the local folder for ray.train.report."""
     local = tempfile.mkdtemp(prefix="vft-ckpt-")
-    weights = merged_state_dict(job.step.ema.module if job.step.ema is not None else job.model)
+    # a QAT graph's quantization state goes to qat.safetensors: model.safetensors is the plain model
+    weights, qparams = split_state(
+        merged_state_dict(job.step.ema.module if job.step.ema is not None else job.model)
+    )
     metrics = {k: v for k, v in record.items() if k not in ("epoch", "time")}
     meta = model_meta(job, {**metrics, **tables}, epoch)
-    ckpt.write_checkpoint(local, weights, meta, training_state(job, epoch))
+    ckpt.write_checkpoint(local, weights, meta, training_state(job, epoch), qparams)
     ckpt.publish(local, ckpt.join(run_dir, "last"))
     if is_best:
         ckpt.publish(local, ckpt.join(run_dir, "best"))

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from trainer.components import synthetic as generate
-from trainer.config import build_config, load_config, parse_overrides, save_config
+from trainer.config import build_config, load_config, merge, parse_overrides, save_config
 from trainer.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -312,3 +312,36 @@ def test_a_dumped_config_validates_again(path, tmp_path):
     defaults of strategy-specific sections must not turn into errors on the way."""
     cfg = build_config(yaml.safe_load(path.read_text()), local_paths=False)
     assert build_config(cfg.model_dump(mode="json"), local_paths=False) == cfg
+
+
+# ----------------------------------------------------------------------------- quantization-aware training
+
+
+def _qat_error(raw: dict, *overrides: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        build_config(merge(raw, parse_overrides(["qat.enabled=true", *overrides])), local_paths=False)
+    return str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["qat.epochs=11"], "qat.epochs: 11 is more than train.epochs (10)"),
+        (["finetune.strategy=lora"], "finetune.strategy: 'lora'"),
+        (["train.compile=true"], "train.compile: true (the quantized graph trains eagerly)"),
+        (["train.sync_bn=true"], "train.sync_bn: true"),
+        (["model.drop_path_rate=0.1"], "model.drop_path_rate: stochastic depth"),
+        (["finetune.strategy=linear_probe", "finetune.cache_features=true"], "finetune.cache_features"),
+    ],
+)
+def test_qat_refuses_what_it_cannot_train_naming_the_field(overrides, message):
+    assert message in _qat_error({"data": {"train": "imgs"}}, *overrides)
+
+
+def test_qat_is_refused_for_a_task_without_it_and_its_settings_need_it_enabled():
+    detection = {"task": "detection", "data": {"train": "coco"}, "model": {"name": "fasterrcnn_resnet50_fpn"}}
+    assert "qat.enabled: task 'detection' has no quantization-aware training" in _qat_error(detection)
+    with pytest.raises(ConfigError, match="qat: settings given but qat.enabled is false"):
+        build_config({"data": {"train": "imgs"}, "qat": {"epochs": 2}}, local_paths=False)
+    cfg = build_config({"data": {"train": "imgs"}, "qat": {"enabled": True, "epochs": 2}}, local_paths=False)
+    assert (cfg.qat.epochs, cfg.qat.per_channel) == (2, True)

@@ -100,6 +100,7 @@ class ClassificationConfig(VftConfig):
     loss: ClassificationLoss = ClassificationLoss()
     finetune: ClassificationFinetune = ClassificationFinetune()
     train: ClassificationTrain = ClassificationTrain()
+    supports_qat = True
 
     def metric_names(self) -> list[str]:
         # val/robust_acc: measured when train.robust_val is on (single-label only)
@@ -123,6 +124,15 @@ class ClassificationConfig(VftConfig):
         lora = self.finetune.lora
         if self.finetune.strategy == "lora" and lora.targets is not None:
             check_targets(self.model.name, self.model.source, self.data.img_size, tuple(lora.targets))
+        if self.qat.enabled and self.model.drop_path_rate:
+            raise ValueError(
+                "model.drop_path_rate: stochastic depth is fixed into the graph quantization-aware "
+                "training captures; set 0 with qat.enabled"
+            )
+        if self.qat.enabled and self.finetune.cache_features:
+            raise ValueError(
+                "finetune.cache_features: a cached probe trains the head alone; not with qat.enabled"
+            )
         aug = self.data.augment
         if self.finetune.cache_features:
             fixed_inputs(self)
