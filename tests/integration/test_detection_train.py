@@ -18,7 +18,7 @@ from trainer.components.runlog import read_metrics_csv
 from trainer.tasks.detection.task import detection_eval_transform
 
 ROOT = Path(__file__).resolve().parents[2]
-MAP50_THRESHOLD = 0.15  # an untrained detector scores ~0.00; 6 epochs from scratch reach ~0.23
+MAP50_THRESHOLD = 0.15  # an untrained detector scores ~0.00; 4 epochs from scratch reach ~0.2
 
 
 def vft(*args):
@@ -77,7 +77,7 @@ def test_bad_coco_annotations_exit_2_naming_file_and_entry(small_coco, tmp_path,
 
 def test_two_workers_reach_the_map50_threshold(det_run):
     history = read_metrics_csv(str(det_run / "metrics.csv"))
-    assert len(history) == 6
+    assert len(history) == 4
     assert max(row["val/map50"] for row in history) >= MAP50_THRESHOLD
     assert {"val/map", "val/map75", "val/mar100", "val/box_iou", "train/loss"} <= set(history[-1])
     assert (det_run / "plots" / "predictions.png").is_file()
