@@ -36,7 +36,6 @@ from trainer.engine.progress import ProgressBoard
 
 console = Console(stderr=True)
 PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
-HEALTH_CHECK_INTERVAL = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 
 
 class RunFailed(errors.RunFailed):
@@ -77,9 +76,6 @@ def init_ray(address: str | None = None, **local_options) -> None:
         # nothing preempts this machine's own cluster: no PreemptionWatcher actor per Train run
         # (the processes the cluster starts inherit this; Ray Train passes it on to its workers)
         os.environ.setdefault(PREEMPTION_WATCHER, "0")
-        # the Train controller polls its workers every 0.5 s instead of 2 s: on this machine's
-        # cluster a poll is cheap, and a run's end (or a dead worker) is seen that much sooner
-        os.environ.setdefault(HEALTH_CHECK_INTERVAL, "0.5")
         ray.init(address="local", log_to_driver=False, configure_logging=False, **local_options)
 
 
