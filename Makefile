@@ -59,15 +59,17 @@ lint: venv
 	$(BIN)/lint-imports
 
 # Every Ray worker and `vft` subprocess imports the project; where PYTHONDONTWRITEBYTECODE is set
-# (as on this machine) none of them caches its bytecode, so it is compiled once here: about 1 s
+# (as on this machine) none of them caches its bytecode, so it is compiled once first: about 1 s
 # less per process that imports the trainer.
+COMPILE := $(BIN)/python -m compileall -q trainer tuner serving > /dev/null
+
 test: venv lint tools
-	$(BIN)/python -m compileall -q trainer tuner serving > /dev/null
+	$(COMPILE)
 	$(BIN)/pytest -q --durations=25
 
 # tests/unit/ only: no Ray cluster, helm, servers or training runs (about 2 minutes on 2 cores)
 test-fast: venv lint
-	$(BIN)/python -m compileall -q trainer tuner serving > /dev/null
+	$(COMPILE)
 	$(BIN)/pytest -q -m "not integration"
 
 bench: venv

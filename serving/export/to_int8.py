@@ -26,7 +26,7 @@ from serving.export.to_onnx import export_onnx
 from serving.runtime.rundir import INT8_FILE, ONNX_FILE, checkpoint_dir, export_path, read_run_meta
 from trainer.components import checkpoint as ckpt
 from trainer.components.deploy import Batches, OnnxGraph
-from trainer.components.qat import QatPrepareError, QatSettings, convert, load_qparams, prepare
+from trainer.components.qat import QatSettings, convert, load_qparams, prepare
 
 
 class Calibration:
@@ -72,7 +72,7 @@ def export_qat_int8(graph: OnnxGraph, qat: dict, qparams_file: Path, out_path: P
     try:
         prepared = prepare(model, graph.example[0], QatSettings(per_channel=qat["per_channel"]))
         load_qparams(prepared, load_file(str(qparams_file)), str(qparams_file))
-    except (QatPrepareError, ValueError) as exc:
+    except ValueError as exc:  # QatPrepareError or a state that does not fit
         raise ExportError(str(exc)) from exc
     result = export_onnx(replace(graph, module=convert(prepared)), out_path, opset, slim=False)
     return {**result, "mode": "qat", "calibration_images": 0}

@@ -72,18 +72,18 @@ class OrtQuantizer(Quantizer):
         """Input and weight on the layer; the output on its last op of conv -> BN -> ReLU (the
         ops between are marked annotated so nothing quantizes them)."""
         source, weight = node.args[0], node.args[1]
-        tail, inner = node, []
+        chain = [node]
         for targets in (NORMS, RELUS):
-            follower = _single_user(tail, targets)
+            follower = _single_user(chain[-1], targets)
             if follower is not None:
-                inner.append(tail)
-                tail = follower
+                chain.append(follower)
+        tail = chain[-1]
         node.meta["quantization_annotation"] = QuantizationAnnotation(
             input_qspec_map={source: self.act, weight: self.weight},
             output_qspec=self.act if tail is node else None,
             _annotated=True,
         )
-        for middle in inner[1:]:
+        for middle in chain[1:-1]:
             middle.meta["quantization_annotation"] = QuantizationAnnotation(_annotated=True)
         if tail is not node:
             tail.meta["quantization_annotation"] = QuantizationAnnotation(

@@ -192,15 +192,17 @@ def set_mode(model: nn.Module, train: bool) -> None:
 
 def freeze_bn(model: nn.Module) -> None:
     """BatchNorm statistics stop updating (the usual last phase of QAT)."""
-    if not model.meta[_MARK]["bn_frozen"]:
-        model.meta[_MARK]["bn_frozen"] = True
-        set_mode(model, model.training)
+    _freeze(model, "bn_frozen")
 
 
 def freeze_observers(model: nn.Module) -> None:
     """Activation and weight ranges stop updating; fake quantization goes on with the last ones."""
-    if not model.meta[_MARK]["observers_frozen"]:
-        model.meta[_MARK]["observers_frozen"] = True
+    _freeze(model, "observers_frozen")
+
+
+def _freeze(model: nn.Module, what: str) -> None:
+    if not model.meta[_MARK][what]:
+        model.meta[_MARK][what] = True
         set_mode(model, model.training)
 
 
