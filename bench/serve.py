@@ -220,7 +220,7 @@ def gpu_ratios(run_dir: Path, model: torch.nn.Module, size: int, seconds: float)
         graph = onnx_graph(run_dir, model.cpu())
         export_onnx(graph, export_path(run_dir, ONNX_FILE), opset=18)
         model.cuda()
-        build_tensorrt(run_dir, graph, "fp16", 256)
+        build_tensorrt(run_dir, "fp16", 256)
         backends["tensorrt_fp16"] = create_backend("tensorrt", run_dir)
     else:
         print(f"tensorrt: {tensorrt_unavailable()}")

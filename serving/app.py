@@ -6,12 +6,17 @@ before reading it whole, the image's header before decoding it (pixels, format),
 task's handler (`Task.serve_handler`) prepares the input from the checkpoint's meta.json,
 `@serve.batch` gathers concurrent requests into one backend call, and the handler turns each
 output into the answer: classification the top-k labels, detection boxes in the image's pixels,
-segmentation a PNG mask (base64) at the image's size with per-class pixel fractions. Bad input
-is answered (400, 413, 415), never raised; a full queue is answered 503 with Retry-After by
-Serve itself (`max_queued_requests`).
+segmentation a PNG mask (base64) at the image's size with per-class pixel fractions.
+`/v1/predict/batch` runs each of several images the same way (they meet in `@serve.batch`) and
+answers them in order, each with its own status. Bad input is answered (400, 413, 415), never
+raised; anything unexpected is a 500 carrying the request's id (its traceback logged once) and
+the replica goes on serving; a full queue is answered 503 with Retry-After by Serve itself
+(`max_queued_requests`).
 """
 
 import asyncio
+import logging
+import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
@@ -23,7 +28,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve import metrics as serve_metrics
 from ray.serve.config import BackpressureConfig
+from ray.serve.context import _get_serve_request_context  # how Serve's logging docs read the id
 
+from serving.bodies import BATCH_BODY, RequestError, batch_images, image_bytes
 from serving.runtime.registry import backend_names, create_backend
 from serving.runtime.rundir import fetch_run_dir, read_run_meta
 from trainer.components.images import open_image
@@ -31,7 +38,7 @@ from trainer.errors import BadImageError, ImageTooLargeError, UnsupportedFormatE
 from trainer.tasks.base import task_of
 
 DEPLOYMENT_NAME = "VftModel"
-RAW_TYPES = ("image/", "application/octet-stream")
+logger = logging.getLogger("ray.serve")
 BackendName = Literal[tuple(backend_names())]  # the runtime registry's names
 
 api = FastAPI(
@@ -50,7 +57,9 @@ class ServeArgs(BaseModel):
     backend: BackendName = "onnx"
     max_batch_size: int = Field(32, ge=1, le=1024)
     batch_wait_timeout_s: float = Field(0.01, ge=0.0, le=5.0)
-    max_body_bytes: int = Field(20 * 2**20, ge=1024)
+    max_body_bytes: int = Field(20 * 2**20, ge=1024, description="largest image (a single request's body)")
+    max_batch_images: int = Field(64, ge=1, le=1024, description="most images per batch request")
+    max_batch_bytes: int = Field(100 * 2**20, ge=1024, description="largest /v1/predict/batch body")
     max_pixels: int = Field(40_000_000, ge=1)
     allowed_formats: list[str] = ["JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF"]
     top_k: int = Field(5, ge=1)
@@ -59,53 +68,19 @@ class ServeArgs(BaseModel):
     decode_threads: int = Field(4, ge=1, le=64, description="threads decoding and preprocessing images")
 
 
-class RequestError(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
+BAD_IMAGE_STATUS = {ImageTooLargeError: 413, UnsupportedFormatError: 415}  # other BadImageErrors: 400
 
 
-def error_response(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+def request_id() -> str:
+    """The id Ray Serve gave this request (its proxy returns it as `x-request-id`)."""
+    return _get_serve_request_context().request_id or uuid.uuid4().hex
 
 
-async def read_limited(request: Request, limit: int) -> bytes:
-    """The raw body, refused (413) past `limit` bytes: from Content-Length when it is sent,
-    otherwise while streaming."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise RequestError(413, f"body of {declared} bytes exceeds the limit of {limit}")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise RequestError(413, f"body exceeds the limit of {limit} bytes")
-    return bytes(body)
-
-
-async def image_bytes(request: Request, limit: int) -> bytes:
-    """The image from a raw image body or the multipart field `file`."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type == "multipart/form-data":
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
-            raise RequestError(413, f"body of {declared} bytes exceeds the limit of {limit}")
-        form = await request.form(max_files=1, max_fields=8, max_part_size=limit)
-        upload = form.get("file")
-        if upload is None or isinstance(upload, str):
-            raise RequestError(400, "multipart body has no file field named 'file'")
-        data = await upload.read(limit + 1)
-        if len(data) > limit:
-            raise RequestError(413, f"file exceeds the limit of {limit} bytes")
-    elif content_type.startswith(RAW_TYPES):
-        data = await read_limited(request, limit)
-    else:
-        raise RequestError(
-            415, f"content type '{content_type or 'none'}': send an image/* body or multipart field 'file'"
-        )
-    if not data:
-        raise RequestError(400, "empty body")
-    return data
+def internal_error() -> tuple[int, dict]:
+    """A 500 for what should not happen, logged once with its traceback (call in an except block)."""
+    rid = request_id()
+    logger.exception("vft: request %s failed", rid)
+    return 500, {"error": "internal error: the server logged it under this request_id", "request_id": rid}
 
 
 def _finite(output) -> bool:
@@ -158,28 +133,58 @@ class VftModel:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.infer_pool, self.handler.run, self.backend, images)
 
-    def _answer(self, status: int, body) -> JSONResponse:
+    def _answer(self, status: int, body: dict) -> JSONResponse:
         self.statuses[status] += 1
         self.status_metric.inc(tags={"status": str(status)})
-        return body if isinstance(body, JSONResponse) else JSONResponse(body, status_code=status)
+        return JSONResponse(body, status_code=status)
+
+    async def _predict_one(self, data: bytes | RequestError) -> tuple[int, dict]:
+        """One image's (status, answer). Bad input is a 4xx naming the problem; anything else
+        that goes wrong is a 500 with the request's id, its traceback logged once."""
+        try:
+            if isinstance(data, RequestError):
+                raise data
+            loop = asyncio.get_running_loop()
+            image, size = await loop.run_in_executor(self.decode_pool, self.prepare, data)
+            output = await self.infer(image)
+            return 200, self.handler.answer(output, size)
+        except RequestError as exc:
+            return exc.status, {"error": str(exc)}
+        except BadImageError as exc:
+            return BAD_IMAGE_STATUS.get(type(exc), 400), {"error": str(exc)}
+        except Exception:  # noqa: BLE001 - answered, so the replica keeps serving
+            return internal_error()
 
     @api.post("/v1/predict", summary="Predict one image (raw image body or multipart field 'file')")
     async def predict(self, request: Request):
         try:
             data = await image_bytes(request, self.args.max_body_bytes)
-            image, size = await asyncio.get_running_loop().run_in_executor(
-                self.decode_pool, self.prepare, data
-            )
         except RequestError as exc:
-            return self._answer(exc.status, error_response(exc.status, str(exc)))
-        except ImageTooLargeError as exc:
-            return self._answer(413, error_response(413, str(exc)))
-        except UnsupportedFormatError as exc:
-            return self._answer(415, error_response(415, str(exc)))
-        except BadImageError as exc:
-            return self._answer(400, error_response(400, str(exc)))
-        output = await self.infer(image)
-        return self._answer(200, self.handler.answer(output, size))
+            return self._answer(exc.status, {"error": str(exc)})
+        except Exception:  # noqa: BLE001 - e.g. the client went away mid-body
+            return self._answer(*internal_error())
+        return self._answer(*await self._predict_one(data))
+
+    @api.post(
+        "/v1/predict/batch",
+        summary="Predict several images: multipart fields 'file', or JSON {\"images\": [base64, ...]}",
+        description='Answers `{"results": [...]}` in the images\' order, each with its `index` and '
+        "`status`: the single-image answer when 200, otherwise `error`. One bad image does not "
+        "fail the others. Limits: `max_batch_images` per request, `max_batch_bytes` per body, "
+        "`max_body_bytes` per image (413).",
+        openapi_extra=BATCH_BODY,
+    )
+    async def predict_batch(self, request: Request):
+        a = self.args
+        try:
+            items = await batch_images(request, a.max_batch_images, a.max_body_bytes, a.max_batch_bytes)
+        except RequestError as exc:
+            return self._answer(exc.status, {"error": str(exc)})
+        except Exception:  # noqa: BLE001
+            return self._answer(*internal_error())
+        answers = await asyncio.gather(*(self._predict_one(item) for item in items))
+        results = [{"index": i, "status": status, **body} for i, (status, body) in enumerate(answers)]
+        return self._answer(200, {"results": results})
 
     @api.get("/v1/model", summary="The model's metadata (meta.json) and the serving backend")
     async def model_info(self) -> dict:

@@ -206,6 +206,9 @@ def predict(
     timeout: Annotated[float, typer.Option(help="seconds per request")] = 60.0,
     wait: Annotated[float, typer.Option(help="wait up to N seconds for the server to be up")] = 0.0,
     top: Annotated[int, typer.Option(min=0, help="print only the N best predictions (0: all)")] = 0,
+    batch: Annotated[
+        int, typer.Option(min=1, max=1024, help="images per request (> 1: POST /v1/predict/batch)")
+    ] = 1,
 ) -> None:
     """POST images to a running server; print one JSON answer per image."""
     missing = [str(p) for p in images if not p.is_file()]
@@ -213,7 +216,7 @@ def predict(
         fail(f"image not found: {', '.join(missing)}")
     if wait and not wait_until_up(url, wait):
         fail(f"{url}: no healthy server after {wait:.0f} s", 1)
-    answers = predict_files(url, images, timeout)
+    answers = predict_files(url, images, timeout, batch)
     for answer in answers:
         if top and "predictions" in answer.body:
             answer.body["predictions"] = answer.body["predictions"][:top]

@@ -1,10 +1,13 @@
-"""`tensorrt`: an engine from RUN_DIR/export/ built by `vft export --format tensorrt` for this GPU
-model and TensorRT version (engines run nowhere else), on a preprocessed batch. TensorRT is
-optional (the `gpu` extra): it is imported where an engine is built or run."""
+"""`tensorrt`: an engine for this GPU model and TensorRT version (engines run nowhere else), on a
+preprocessed batch: the one `vft export --format tensorrt` built here, one cached for this GPU,
+or, on a GPU the run has no engine for, one this replica builds at start from the run's ONNX
+model (logged; the cache keeps it for later replicas). TensorRT is optional (the `gpu` extra):
+it is imported where an engine is built or run."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -14,6 +17,14 @@ import torch
 from serving.runtime.base import Backend, BackendError
 from serving.runtime.registry import BACKENDS
 from serving.runtime.rundir import PLAN_FILE, export_path
+from serving.runtime.tensorrt_build import (
+    build_engine,
+    engine_cache,
+    engine_key,
+    engine_source,
+    exported_profile,
+    gpu_prefix,
+)
 from trainer.tasks.base import Task
 
 
@@ -28,26 +39,40 @@ def tensorrt_unavailable() -> str | None:
     return None
 
 
-def engine_key(
-    gpu: str, trt_version: str, precision: str, min_batch: int, opt_batch: int, max_batch: int
-) -> str:
-    """Engines only run on the GPU model and TensorRT version that built them: both are in the
-    cache key, with the precision and the batch profile."""
-    return f"{_gpu_prefix(gpu, trt_version)}{precision}-b{min_batch}-{opt_batch}-{max_batch}"
-
-
-def _gpu_prefix(gpu: str, trt_version: str) -> str:
-    return f"{gpu.replace(' ', '_').replace('/', '_')}-trt{trt_version}-"
-
-
-def engine_cache(run_dir: Path) -> Path:
-    return export_path(run_dir, "tensorrt")
+logger = logging.getLogger(__name__)
 
 
 def find_engine(run_dir: Path) -> Path:
+    """This GPU's engine, built here first when the run has none for it."""
     import tensorrt as trt  # optional: only the gpu extra installs it
 
-    return select_engine(run_dir, torch.cuda.get_device_name(), trt.__version__)
+    gpu, version = torch.cuda.get_device_name(), trt.__version__
+    action, plan = engine_plan(run_dir, gpu, version)
+    if action == "load":
+        return plan
+    precision, opt, max_batch = plan
+    source, cache = engine_source(run_dir, precision).name, engine_cache(run_dir)
+    logger.warning(
+        "tensorrt: %s has no engine for %s with TensorRT %s; building a %s engine for batches 1..%d "
+        "from %s (minutes; cached in %s for later replicas)",
+        run_dir, gpu, version, precision, max_batch, source, cache,
+    )  # fmt: skip
+    return build_engine(run_dir, gpu, version, precision, opt, max_batch)
+
+
+def engine_plan(run_dir: Path, gpu: str, trt_version: str):
+    """("load", engine path) when the run has an engine for this GPU and version; otherwise
+    ("build", (precision, opt batch, max batch)) as the run was exported (FP16, 1..32 when it
+    never was), or a BackendError when there is no ONNX model to build it from."""
+    try:
+        return "load", select_engine(run_dir, gpu, trt_version)
+    except BackendError as missing:
+        wanted = exported_profile(run_dir)
+        if not engine_source(run_dir, wanted[0]).is_file():
+            raise BackendError(
+                f"{missing}, and no {engine_source(run_dir, wanted[0]).name} in it to build one from"
+            ) from None
+        return "build", wanted
 
 
 def select_engine(run_dir: Path, gpu: str, trt_version: str) -> Path:
@@ -63,7 +88,7 @@ def select_engine(run_dir: Path, gpu: str, trt_version: str) -> Path:
         wanted = engine_cache(run_dir) / f"{engine_key(gpu, trt_version, built['precision'], *batches)}.plan"
         if wanted.is_file():
             return wanted
-    prefix = _gpu_prefix(gpu, trt_version)
+    prefix = gpu_prefix(gpu, trt_version)
     cached = sorted(engine_cache(run_dir).glob(f"{prefix}*.plan"), key=os.path.getmtime)
     if cached:
         return cached[-1]

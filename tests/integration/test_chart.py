@@ -115,6 +115,7 @@ def test_serve_config_matches_ray_serve_schema(rendered):
     args = ServeArgs.model_validate(app["args"])  # what serving.app:build_app accepts
     assert (args.run_dir, args.backend) == (serve["modelUri"] or run_dir, serve["backend"])
     assert (args.max_batch_size, args.max_body_bytes) == (serve["maxBatchSize"], serve["maxBodyBytes"])
+    assert (args.max_batch_images, args.max_batch_bytes) == (serve["maxBatchImages"], serve["maxBatchBytes"])
     assert args.score_threshold == serve["scoreThreshold"]
     (deployment,) = app["deployments"]
     assert deployment["name"] == serve["deploymentName"]

@@ -21,8 +21,10 @@ import numpy as np
 import pytest
 import requests
 import torch
+from hypothesis import given
 from local_ray import clean_env, free_ports
 from PIL import Image
+from request_bodies import PROPERTY_SETTINGS, check_answer, image_bodies, post_body
 from typer.testing import CliRunner
 
 from serving.app import ServeArgs, build_app, build_local_app
@@ -47,6 +49,7 @@ def server(exported_run, ray_cluster):
         "max_batch_size": 16,
         "batch_wait_timeout_s": 0.02,
         "max_body_bytes": BODY_LIMIT,
+        "max_batch_images": 8,
     }
     serve.run(build_app(args), name="vft", route_prefix="/")
     yield f"http://127.0.0.1:{port}"
@@ -106,7 +109,41 @@ def test_metadata_health_and_docs(server, exported_run):
     assert "onnxruntime" in info["runtime"]
     assert requests.get(f"{server}/healthz", timeout=10).json() == {"status": "ok"}
     assert requests.get(f"{server}/docs", timeout=10).status_code == 200
-    assert "/v1/predict" in requests.get(f"{server}/openapi.json", timeout=10).json()["paths"]
+    paths = requests.get(f"{server}/openapi.json", timeout=10).json()["paths"]
+    assert "/v1/predict" in paths
+    batch = paths["/v1/predict/batch"]["post"]["requestBody"]["content"]
+    assert set(batch) == {"multipart/form-data", "application/json"}
+
+
+def test_a_batch_request_answers_every_image_in_order(server, val_images):
+    """Multipart and JSON batches: each image's answer equals its single-image answer, a bad image
+    gets its own 4xx without failing the others, and the limits refuse the whole request."""
+    import base64
+
+    paths = [val_images[0], val_images[-1], val_images[5]]
+    singles = [post_image(server, p.read_bytes()).json() for p in paths]
+    files = [("file", (p.name, p.read_bytes(), "image/png")) for p in paths]
+    files.insert(1, ("file", ("bad.png", b"not an image", "image/png")))
+    response = requests.post(f"{server}/v1/predict/batch", files=files, timeout=60)
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [(r["index"], r["status"]) for r in results] == [(0, 200), (1, 400), (2, 200), (3, 200)]
+    assert "error" in results[1]
+    for single, result in zip(singles, [results[0], *results[2:]], strict=True):
+        assert [p["label"] for p in result["predictions"]] == [p["label"] for p in single["predictions"]]
+        assert result["predictions"][0]["score"] == pytest.approx(single["predictions"][0]["score"], abs=1e-5)
+    images = [base64.b64encode(p.read_bytes()).decode() for p in paths] + ["%%%"]
+    response = requests.post(f"{server}/v1/predict/batch", json={"images": images}, timeout=60)
+    assert [r["status"] for r in response.json()["results"]] == [200, 200, 200, 400]
+    too_many = requests.post(f"{server}/v1/predict/batch", json={"images": images * 3}, timeout=60)
+    assert too_many.status_code == 413 and "12 images exceed the limit of 8" in too_many.json()["error"]
+    assert post_image(server, paths[0].read_bytes()).status_code == 200
+
+
+@PROPERTY_SETTINGS
+@given(body=image_bodies())
+def test_no_image_makes_the_server_answer_5xx(server, body):
+    check_answer(post_body(server, body), body, "classification")
 
 
 def test_multipart_upload_works(server, val_images):
@@ -292,6 +329,13 @@ def test_vft_serve_answers_vft_predict_and_stops_on_ctrl_c(exported_run, val_ima
         answers = [json.loads(line) for line in predicted.stdout.splitlines()]
         assert [a["predictions"][0]["label"] for a in answers] == [p.parent.name for p in images]
         assert all(a["status"] == 200 and a["image"] == str(p) for a, p in zip(answers, images, strict=True))
+        batched = CliRunner().invoke(
+            app, ["predict", f"http://127.0.0.1:{port}", "--batch", "2", *map(str, [*images, images[0]])]
+        )
+        assert batched.exit_code == 0, batched.output
+        lines = [json.loads(line) for line in batched.stdout.splitlines()]
+        assert [(a["image"], a["status"]) for a in lines] == [(str(p), 200) for p in [*images, images[0]]]
+        assert [a["predictions"] for a in lines[:2]] == [a["predictions"] for a in answers]
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0, (tmp_path / "serve.log").read_text()
         with pytest.raises(requests.ConnectionError):

@@ -16,8 +16,10 @@ import requests
 import torch
 import torch.nn.functional as F
 import yaml
+from hypothesis import given
 from local_ray import free_ports
 from PIL import Image
+from request_bodies import PROPERTY_SETTINGS, check_answer, image_bodies, post_body
 from typer.testing import CliRunner
 
 from serving.app import build_app
@@ -178,6 +180,13 @@ def test_every_task_answers_extremely_elongated_and_tiny_images(servers, exporte
         else:
             mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["mask_png"]))))
             assert mask.shape == (size[1], size[0])
+
+
+@pytest.mark.parametrize("task", ["detection", "segmentation"])
+@PROPERTY_SETTINGS
+@given(body=image_bodies())
+def test_no_image_makes_a_task_server_answer_5xx(servers, task, body):
+    check_answer(post_body(servers[task], body), body, task)
 
 
 # ----------------------------------------------------------------------------- eval

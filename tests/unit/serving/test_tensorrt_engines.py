@@ -10,7 +10,8 @@ import os
 import pytest
 
 from serving.runtime.base import BackendError
-from serving.runtime.tensorrt_backend import engine_key, select_engine
+from serving.runtime.tensorrt_backend import engine_plan, select_engine
+from serving.runtime.tensorrt_build import engine_key, onnx_input
 
 H100, H200 = "NVIDIA H100 80GB HBM3", "NVIDIA H200"
 
@@ -70,3 +71,42 @@ def test_no_engine_for_this_gpu_and_version_is_an_error_saying_how_to_build_one(
         BackendError, match=r"no TensorRT engine for NVIDIA H200 with TensorRT 10.9.0; run `vft export"
     ):
         select_engine(tmp_path, H200, "10.9.0")
+
+
+def test_a_gpu_without_an_engine_builds_one_as_the_run_was_exported(tmp_path):
+    """A replica on an H200 serving a run exported (INT8, batches 1..32) on an H100: it builds,
+    from the QDQ model, the engine the export asked for; never loads the H100's."""
+    write_plan(tmp_path, H100, "10.9.0", "int8")
+    assert engine_plan(tmp_path, H100, "10.9.0") == ("load", tmp_path / "export" / "model.plan")
+    with pytest.raises(BackendError, match="no model.int8.onnx in it to build one from"):
+        engine_plan(tmp_path, H200, "10.9.0")
+    (tmp_path / "export" / "model.int8.onnx").write_bytes(b"onnx")
+    assert engine_plan(tmp_path, H200, "10.9.0") == ("build", ("int8", 16, 32))
+    assert engine_plan(tmp_path, H100, "10.10.0") == ("build", ("int8", 16, 32))  # another TensorRT
+
+
+def test_a_run_never_exported_for_tensorrt_builds_fp16_for_batches_up_to_32(tmp_path):
+    (tmp_path / "export").mkdir()
+    with pytest.raises(BackendError, match="no model.onnx in it"):
+        engine_plan(tmp_path, H200, "10.9.0")
+    (tmp_path / "export" / "model.onnx").write_bytes(b"onnx")
+    assert engine_plan(tmp_path, H200, "10.9.0") == ("build", ("fp16", 16, 32))
+    write_engine(tmp_path, engine_key(H200, "10.9.0", "fp16", 1, 16, 32), age=1)
+    assert engine_plan(tmp_path, H200, "10.9.0")[0] == "load"  # what a first replica built
+
+
+def test_the_engine_profile_comes_from_the_onnx_models_input(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    def model(dims):
+        x = helper.make_tensor_value_info("input", TensorProto.FLOAT, dims)
+        y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, dims)
+        graph = helper.make_graph([helper.make_node("Identity", ["input"], ["logits"])], "g", [x], [y])
+        path = tmp_path / f"{len(list(tmp_path.iterdir()))}.onnx"
+        onnx.save(helper.make_model(graph), path)
+        return path
+
+    assert onnx_input(model(["batch", 3, 224, 160])) == ("input", (3, 224, 160))
+    with pytest.raises(BackendError, match="dynamic size besides the batch"):
+        onnx_input(model(["batch", 3, "height", "width"]))
