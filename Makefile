@@ -72,7 +72,9 @@ test-fast: venv lint
 	$(COMPILE)
 	$(BIN)/pytest -q -m "not integration"
 
+# wrk (Debian's C load generator) drives bench/serve.py's HTTP load without taking the CPU it measures
 bench: venv
+	command -v wrk > /dev/null || apt-get install -y -q wrk || echo "no wrk: bench/serve.py uses Python client threads"
 	$(BIN)/python bench/train_step.py
 	$(BIN)/python bench/det_step.py
 	$(BIN)/python bench/serve.py
