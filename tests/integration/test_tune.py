@@ -61,9 +61,11 @@ def test_asha_stops_bad_trials_before_max_t(asha_sweep):
     stopped = [row for row in rows.values() if int(row["epochs"]) < 3]
     assert stopped and all(row["stopped_by"] == "asha" for row in stopped)
     assert any(int(row["epochs"]) == 3 for row in rows.values())
-    # the trial with the largest learning rate learns fastest and wins
+    # the sweep's best is a trial ASHA let run to max_t (which trials reach a rung first, and so
+    # which one a rung's cutoff stops, depends on timing: after one epoch at 16 px all are near chance)
     best_id = max(rows, key=lambda t: float(rows[t]["val/top1"]))
-    assert float(rows[best_id]["optim.lr"]) == max(float(row["optim.lr"]) for row in rows.values())
+    assert int(rows[best_id]["epochs"]) == 3
+    assert float(rows[best_id]["optim.lr"]) > min(float(row["optim.lr"]) for row in rows.values())
     for trial_id, row in rows.items():
         history = read_metrics_csv(str(asha_sweep / "trials" / trial_id / "metrics.csv"))
         assert len(history) == int(row["epochs"])
