@@ -52,12 +52,23 @@ def _no_ray_in_unit_tests(request, monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
+def ray_metrics_url() -> str:
+    """Where the session cluster's metrics agent serves Prometheus text (what the chart's
+    PodMonitors scrape on a pod), reporting every second instead of every ten."""
+    from local_ray import free_ports
+
+    return f"http://127.0.0.1:{free_ports(1)[0]}/metrics"
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(ray_metrics_url):
     import ray
 
     from trainer.driver import init_ray
 
-    init_ray(num_cpus=4)  # the embedded default's own local cluster, oversubscribed
+    port = int(ray_metrics_url.rsplit(":", 1)[1].split("/")[0])
+    # the embedded default's own local cluster, oversubscribed
+    init_ray(num_cpus=4, _metrics_export_port=port, _system_config={"metrics_report_interval_ms": 1000})
     yield ray
     ray.shutdown()
 

@@ -157,3 +157,33 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def scrape(url: str) -> dict[str, list[tuple[dict, float]]]:
+    """The Prometheus text a metrics port serves: each sample name's (labels, value) pairs."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    samples: dict[str, list[tuple[dict, float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return samples
+
+
+def metric_total(url: str, name: str, **labels: str) -> float:
+    """The sum of `name` over the series carrying `labels` (0 when there are none)."""
+    series = scrape(url).get(name, [])
+    return sum(value for have, value in series if labels.items() <= have.items())
+
+
+def wait_for_metric(url: str, name: str, check, timeout: float = 30.0, **labels: str) -> float:
+    """Poll until `check(total)` holds for metric_total(url, name, **labels); the total."""
+    deadline = time.monotonic() + timeout
+    while True:
+        total = metric_total(url, name, **labels)
+        if check(total) or time.monotonic() > deadline:
+            assert check(total), f"{name}{labels} = {total} after {timeout:.0f} s"
+            return total
+        time.sleep(0.5)

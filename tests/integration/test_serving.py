@@ -22,7 +22,7 @@ import pytest
 import requests
 import torch
 from hypothesis import given
-from local_ray import clean_env, free_ports
+from local_ray import clean_env, free_ports, metric_total, wait_for_metric
 from PIL import Image
 from request_bodies import PROPERTY_SETTINGS, check_answer, image_bodies, post_body
 from typer.testing import CliRunner
@@ -138,6 +138,23 @@ def test_a_batch_request_answers_every_image_in_order(server, val_images):
     too_many = requests.post(f"{server}/v1/predict/batch", json={"images": images * 3}, timeout=60)
     assert too_many.status_code == 413 and "12 images exceed the limit of 8" in too_many.json()["error"]
     assert post_image(server, paths[0].read_bytes()).status_code == 200
+
+
+def test_prometheus_counts_responses_by_status_and_images_per_batch(server, ray_metrics_url, val_images):
+    """vft's series, as Ray's metrics agent exports them (what the chart's PodMonitors scrape):
+    `vft_responses` by status and the `vft_batch_size` histogram: six requests one after another
+    are six batches of one image. (Ray exports a histogram's `_sum` from its buckets, not the
+    observed values, so the count and the buckets are what is checked.)"""
+    ok, bad = (metric_total(ray_metrics_url, "ray_vft_responses_total", status=s) for s in ("200", "400"))
+    ones = metric_total(ray_metrics_url, "ray_vft_batch_size_bucket", le="1.0")
+    batches = metric_total(ray_metrics_url, "ray_vft_batch_size_count")
+    for path in val_images[:6]:
+        assert post_image(server, path.read_bytes()).status_code == 200
+    assert post_image(server, b"not an image").status_code == 400
+    wait_for_metric(ray_metrics_url, "ray_vft_responses_total", lambda n: n >= ok + 6, status="200")
+    wait_for_metric(ray_metrics_url, "ray_vft_responses_total", lambda n: n >= bad + 1, status="400")
+    wait_for_metric(ray_metrics_url, "ray_vft_batch_size_count", lambda n: n >= batches + 6)
+    assert metric_total(ray_metrics_url, "ray_vft_batch_size_bucket", le="1.0") >= ones + 6
 
 
 @PROPERTY_SETTINGS

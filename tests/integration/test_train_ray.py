@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from local_ray import metric_total, wait_for_metric
 from train_tools import SMALL_MODEL
 from typer.testing import CliRunner
 
@@ -80,10 +81,10 @@ def test_run_dir_follows_the_contract(digits_run):
     assert len(list(digits_run.glob("checkpoint_epoch_*"))) == 2
 
 
-def test_weights_from_a_previous_run_continue_fine_tuning(digits_run, digits_dir, tmp_path):
+def test_weights_from_a_previous_run_continue_fine_tuning(digits_run, digits_dir, tmp_path, ray_metrics_url):
     """A cached linear probe (2 DDP workers, each caching its shard's features) on top of the
     previous run's backbone is accurate after two epochs, which a randomly initialised
-    backbone cannot be."""
+    backbone cannot be. Its rank 0 exports the epoch's figures as Prometheus series."""
     result = vft(
         *digits_args(
             digits_dir,
@@ -101,6 +102,14 @@ def test_weights_from_a_previous_run_continue_fine_tuning(digits_run, digits_dir
     assert result.exit_code == 0, result.output
     history = read_metrics_csv(str(tmp_path / "probe" / "metrics.csv"))
     assert history[-1]["val/top1"] >= 0.9
+    # rank 0 exported the last epoch through Ray's metrics agent (what the chart's PodMonitors scrape)
+    last = history[-1]
+    assert wait_for_metric(ray_metrics_url, "ray_vft_train_epoch", lambda v: v == 2, run="probe") == 2
+    loss = metric_total(ray_metrics_url, "ray_vft_train_loss", run="probe")
+    assert loss == pytest.approx(last["train/loss"], rel=1e-4)
+    top1 = metric_total(ray_metrics_url, "ray_vft_val_monitored", run="probe", metric="val/top1")
+    assert top1 == pytest.approx(last["val/top1"], rel=1e-4)
+    assert metric_total(ray_metrics_url, "ray_vft_train_images_per_second", run="probe") > 0
 
 
 def test_lora_ddp_run_adapts_an_earlier_model_to_new_classes(digits_run, digits_dir, tmp_path):

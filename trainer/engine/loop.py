@@ -23,6 +23,7 @@ from trainer.components.precision import autocast, to_device
 from trainer.components.qat import freeze_bn, freeze_observers, set_mode
 from trainer.config import build_config
 from trainer.engine.assemble import Job, enter_qat, qat_start_epoch, setup
+from trainer.engine.metrics import TrainMetrics
 from trainer.engine.progress import WorkerProgress
 from trainer.engine.state import latest_checkpoint, restore, save_epoch
 from trainer.engine.step import NonFiniteLossError
@@ -42,6 +43,7 @@ def train_worker(loop_config: dict) -> None:
         if directory is not None:
             restore(job, directory)
     progress = WorkerProgress(loop_config.get("board") if rank == 0 else None)
+    metrics = TrainMetrics(run_dir.rstrip("/").rsplit("/", 1)[-1], t.monitor) if rank == 0 else None
     if job.feature_head is not None and job.start_epoch < t.epochs:
         cache_features(job)
     for epoch in range(job.start_epoch, t.epochs):
@@ -57,6 +59,7 @@ def train_worker(loop_config: dict) -> None:
         report = {**record, "best/value": job.best["value"], "best/epoch": job.best["epoch"], "stopped": stop}
         checkpoint = None
         if rank == 0:
+            metrics.record(record)
             local = save_epoch(job, epoch + 1, record, tables, is_best, run_dir)
             checkpoint = ray.train.Checkpoint.from_directory(local)
             progress.epoch({**report, "tables": tables})
