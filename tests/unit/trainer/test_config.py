@@ -345,3 +345,10 @@ def test_qat_is_refused_for_a_task_without_it_and_its_settings_need_it_enabled()
         build_config({"data": {"train": "imgs"}, "qat": {"epochs": 2}}, local_paths=False)
     cfg = build_config({"data": {"train": "imgs"}, "qat": {"enabled": True, "epochs": 2}}, local_paths=False)
     assert (cfg.qat.epochs, cfg.qat.per_channel) == (2, True)
+
+
+def test_lora_defaults_are_rank_8_alpha_16_no_dropout():
+    """The README's LoRA defaults: the config a run gets when it names only the strategy."""
+    raw = {"data": {"train": "train/", "val": "val/"}, "finetune": {"strategy": "lora"}}
+    lora = build_config(raw, local_paths=False).finetune.lora
+    assert (lora.rank, lora.alpha, lora.dropout) == (8, 16.0, 0.0)

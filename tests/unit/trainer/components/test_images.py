@@ -151,3 +151,14 @@ def test_train_decode_side_keeps_every_random_crop_at_the_input_size():
     for _ in range(2000):
         _, _, h, w = T.RandomResizedCrop.get_params(image, list(aug.scale), list(aug.ratio))
         assert min(h, w) >= 223  # integer rounding of the crop box
+
+
+def test_pillows_decompression_bomb_warning_is_refused_as_too_large(monkeypatch):
+    """Pillow's own bound, for images within vft's pixel limit: its warning (between its limit and
+    twice that) is an error too, not a warning that lets the image through."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    data = encode(Image.new("RGB", (40, 40)), "PNG")  # 1,600 pixels: Pillow warns, does not refuse
+    with pytest.raises(ImageTooLargeError, match="too many pixels"):
+        open_image(data, max_pixels=10**9)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)
+    assert open_image(data, max_pixels=10**9).size == (40, 40)

@@ -19,6 +19,28 @@ def vft(*args):
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
+def test_the_corruptions_are_imagenet_c_s_with_its_jpeg_qualities(monkeypatch):
+    """The eight named corruptions, and JPEG re-encoded by Pillow at ImageNet-C's qualities
+    (25, 18, 15, 10, 7 for severities 1-5)."""
+    assert R.list_corruptions() == sorted([
+        "brightness", "contrast", "gaussian_blur", "gaussian_noise", "jpeg_compression", "motion_blur",
+        "pixelate", "shot_noise",
+    ])  # fmt: skip
+    from PIL import Image
+
+    qualities, save = [], Image.Image.save
+
+    def spy(self, fp, format=None, **params):
+        qualities.append(params.get("quality"))
+        return save(self, fp, format, **params)
+
+    monkeypatch.setattr(Image.Image, "save", spy)
+    images = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    for severity in R.SEVERITIES:
+        R.corrupt(images, "jpeg_compression", severity, seed=0)
+    assert qualities == [25, 18, 15, 10, 7]
+
+
 @pytest.mark.parametrize("name", R.list_corruptions())
 def test_corruptions_keep_shape_and_range_are_seeded_and_grow_with_severity(name):
     images = torch.rand(4, 3, 48, 40, generator=torch.Generator().manual_seed(0))
