@@ -1,11 +1,17 @@
 # syntax=docker/dockerfile:1
-# The vft image for KubeRay: Ray 2.60 on CUDA 12 (Python 3.11), vft with its pinned dependencies,
-# and the GPU inference backends (onnxruntime-gpu, TensorRT). Runs as the image's `ray` user
-# (uid 1000, gid 100), which the Helm chart's securityContext also sets.
-#   docker build -t REGISTRY/vft:0.1.0 .
+# The vft images for KubeRay, both running as the image's `ray` user (uid 1000, gid 100), which
+# the Helm chart's securityContext also sets:
+#   docker build -t REGISTRY/vft:0.1.0 .                     # gpu (default): Ray 2.60 on CUDA 12.8,
+#                                                             # onnxruntime-gpu and TensorRT 10
+#   docker build --target cpu -t REGISTRY/vft:0.1.0-cpu .    # cpu: serving ONNX/INT8 on CPU nodes
+# Layers go from the largest and least often changed to the project itself: torch (from the index
+# of the base image's CUDA), then the project's dependencies (listed from pyproject.toml), then
+# vft's wheel without its dependencies, so a code change rebuilds and pushes a few MB, not the
+# multi-GB layers under it.
 ARG RAY_IMAGE=rayproject/ray:2.60.0-py311-cu128
+ARG RAY_CPU_IMAGE=rayproject/ray:2.60.0-py311
 
-# ---- build: a wheel of the project, nothing else
+# ---- build: the project's wheel and its dependency lists, nothing else
 FROM ${RAY_IMAGE} AS build
 # COPY --chown creates the source folder owned by the image's non-root user, who builds in it.
 COPY --chown=1000:100 pyproject.toml README.md /home/ray/src/
@@ -14,16 +20,50 @@ COPY --chown=1000:100 tuner /home/ray/src/tuner
 COPY --chown=1000:100 serving /home/ray/src/serving
 # the Helm chart ships in the wheel for `vft submit` (trainer/launch/chart links to it)
 COPY --chown=1000:100 charts/vft /home/ray/src/charts/vft
-RUN python -m pip wheel --no-cache-dir --no-deps --wheel-dir /home/ray/wheels /home/ray/src
+# requirements.txt: the dependencies but torch and torchvision (installed first, from the CUDA
+# or CPU index); requirements-gpu.txt: the `gpu` extra. Unchanged lists leave the layers that
+# install them cached.
+RUN python -m pip wheel --no-cache-dir --no-deps --wheel-dir /home/ray/wheels /home/ray/src \
+    && python -c "import tomllib; p = tomllib.load(open('/home/ray/src/pyproject.toml', 'rb'))['project']; \
+deps = [d for d in p['dependencies'] if not d.startswith(('torch>', 'torchvision>'))]; \
+open('/home/ray/wheels/requirements.txt', 'w').write(chr(10).join(deps) + chr(10)); \
+open('/home/ray/wheels/requirements-gpu.txt', 'w').write(chr(10).join(p['optional-dependencies']['gpu']) + chr(10))"
 
-# ---- runtime
-FROM ${RAY_IMAGE}
-# torch and torchvision as the Makefile pins them; CUDA wheels come from PyPI's default index.
+# ---- cpu: ONNX Runtime's CPU build, torch from the CPU index
+FROM ${RAY_CPU_IMAGE} AS cpu
 ARG TORCH_VERSION=2.14.1
 ARG TORCHVISION_VERSION=0.29.1
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+ARG VFT_VERSION=0.1.0
+LABEL org.opencontainers.image.title="vft" \
+      org.opencontainers.image.description="Fine-tune, sweep and serve vision models with Ray (CPU)" \
+      org.opencontainers.image.version="${VFT_VERSION}" \
+      org.opencontainers.image.licenses="Apache-2.0"
+ENV PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    HF_HOME=/home/ray/.cache/huggingface
+RUN python -m pip install --no-cache-dir --index-url "${TORCH_INDEX}" \
+      "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}"
+COPY --from=build --chown=1000:100 /home/ray/wheels/requirements.txt /tmp/requirements.txt
+RUN python -m pip install --no-cache-dir -r /tmp/requirements.txt
+COPY --from=build --chown=1000:100 /home/ray/wheels/vft-${VFT_VERSION}-py3-none-any.whl /tmp/
+# the smoke test: the CLI and ONNX Runtime's CPU provider
+RUN python -m pip install --no-cache-dir --no-deps "/tmp/vft-${VFT_VERSION}-py3-none-any.whl" \
+    && rm /tmp/vft-*.whl /tmp/requirements.txt \
+    && python -c "import onnxruntime as ort; assert 'CPUExecutionProvider' in ort.get_available_providers()" \
+    && vft --help > /dev/null
+USER 1000:100
+WORKDIR /home/ray
+CMD ["vft", "--help"]
+
+# ---- gpu (the default target): onnxruntime-gpu and TensorRT, torch from the CUDA 12.8 index
+FROM ${RAY_IMAGE} AS gpu
+ARG TORCH_VERSION=2.14.1
+ARG TORCHVISION_VERSION=0.29.1
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cu128
 ARG VFT_VERSION=0.1.0
 # onnxruntime (CPU, a base dependency) and onnxruntime-gpu share one module: the image keeps
-# only the GPU build (CUDA 12), reinstalled after the project.
+# only the GPU build (CUDA 12), installed after the dependencies.
 ARG ONNXRUNTIME_VERSION=1.23.2
 LABEL org.opencontainers.image.title="vft" \
       org.opencontainers.image.description="Fine-tune, sweep and serve vision models with Ray" \
@@ -32,12 +72,19 @@ LABEL org.opencontainers.image.title="vft" \
 ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     HF_HOME=/home/ray/.cache/huggingface
-COPY --from=build --chown=1000:100 /home/ray/wheels /tmp/wheels
-RUN python -m pip install --no-cache-dir "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}" \
-    && python -m pip install --no-cache-dir "/tmp/wheels/vft-${VFT_VERSION}-py3-none-any.whl[gpu]" \
+RUN python -m pip install --no-cache-dir --index-url "${TORCH_INDEX}" \
+      "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}"
+COPY --from=build --chown=1000:100 /home/ray/wheels/requirements.txt /home/ray/wheels/requirements-gpu.txt /tmp/
+RUN python -m pip install --no-cache-dir -r /tmp/requirements.txt -r /tmp/requirements-gpu.txt \
     && python -m pip uninstall -y onnxruntime onnxruntime-gpu \
-    && python -m pip install --no-cache-dir --no-deps "onnxruntime-gpu==${ONNXRUNTIME_VERSION}" \
-    && rm -rf /tmp/wheels \
+    && python -m pip install --no-cache-dir --no-deps "onnxruntime-gpu==${ONNXRUNTIME_VERSION}"
+COPY --from=build --chown=1000:100 /home/ray/wheels/vft-${VFT_VERSION}-py3-none-any.whl /tmp/
+# the smoke test: the CLI, ONNX Runtime's CUDA provider and TensorRT import (no GPU is needed to
+# list providers or import TensorRT; running them is checked on a GPU node)
+RUN python -m pip install --no-cache-dir --no-deps "/tmp/vft-${VFT_VERSION}-py3-none-any.whl" \
+    && rm /tmp/vft-*.whl /tmp/requirements.txt /tmp/requirements-gpu.txt \
+    && python -c "import onnxruntime as ort; assert 'CUDAExecutionProvider' in ort.get_available_providers()" \
+    && python -c "import tensorrt; print('tensorrt', tensorrt.__version__)" \
     && vft --help > /dev/null
 USER 1000:100
 WORKDIR /home/ray

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from chart_tools import CHART, ROOT
 
 DOCKERFILE = ROOT / "Dockerfile"
@@ -30,23 +31,60 @@ def test_multi_stage_cuda_python_base():
     assert any(kind == "COPY" and "--from=build" in value for kind, value in steps)
 
 
+def stages() -> dict[str, list[tuple[str, str]]]:
+    """Each stage's instructions, by its name (`FROM image AS name`)."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    for kind, value in instructions():
+        if kind == "FROM":
+            current = out.setdefault(value.split(" AS ")[-1].strip(), [])
+        elif out:
+            current.append((kind, value))
+    return out
+
+
+def args_of(steps) -> dict[str, str]:
+    return {v.split("=", 1)[0]: v.split("=", 1)[1] for k, v in steps if k == "ARG" and "=" in v}
+
+
 def test_installs_pinned_project_with_gpu_extra():
-    steps = instructions()
-    runs = " ".join(value for kind, value in steps if kind == "RUN")
-    assert "[gpu]" in runs
+    by_stage = stages()
+    assert list(by_stage)[-1] == "gpu" and "cpu" in by_stage  # gpu is the default target
+    build = " ".join(v for k, v in by_stage["build"] if k == "RUN")
+    assert "['optional-dependencies']['gpu']" in build and "requirements-gpu.txt" in build
     gpu_extra = re.search(r"^gpu = \[(.*)\]$", (ROOT / "pyproject.toml").read_text(), re.M)[1]
-    assert set(re.findall(r'"([A-Za-z0-9_.-]+)', gpu_extra)) == {
-        "onnxruntime-gpu",
-        "tensorrt-cu12",
-    }
-    makefile = (ROOT / "Makefile").read_text()
-    torch_pin = re.search(r"torch==([\d.]+)", makefile)[1]
-    args = {
-        value.split("=", 1)[0]: value.split("=", 1)[1]
-        for kind, value in steps
-        if kind == "ARG" and "=" in value
-    }
-    assert args["TORCH_VERSION"] == torch_pin
+    assert set(re.findall(r'"([A-Za-z0-9_.-]+)', gpu_extra)) == {"onnxruntime-gpu", "tensorrt-cu12"}
+    torch_pin = re.search(r"torch==([\d.]+)", (ROOT / "Makefile").read_text())[1]
+    for name in ("cpu", "gpu"):
+        assert args_of(by_stage[name])["TORCH_VERSION"] == torch_pin
+    gpu_runs = " ".join(v for k, v in by_stage["gpu"] if k == "RUN")
+    assert "-r /tmp/requirements-gpu.txt" in gpu_runs
+    assert (
+        "import tensorrt" in gpu_runs
+        and "'CUDAExecutionProvider' in ort.get_available_providers()" in gpu_runs
+    )
+
+
+def test_torch_comes_from_the_index_of_the_base_images_cuda():
+    by_stage = stages()
+    cuda = re.search(r"-(cu\d+)$", args_of(instructions())["RAY_IMAGE"])[1]
+    assert args_of(by_stage["gpu"])["TORCH_INDEX"] == f"https://download.pytorch.org/whl/{cuda}"
+    assert args_of(by_stage["cpu"])["TORCH_INDEX"] == "https://download.pytorch.org/whl/cpu"
+    assert not re.search(r"-cu\d+$", args_of(instructions())["RAY_CPU_IMAGE"])
+
+
+@pytest.mark.parametrize("stage", ["cpu", "gpu"])
+def test_a_code_change_rebuilds_only_the_last_layers(stage):
+    """torch, then the dependencies, then the project's wheel without its dependencies: the
+    wheel (which changes with every commit) is copied after every large install."""
+    steps = stages()[stage]
+    kinds = [(k, v) for k, v in steps if k in ("RUN", "COPY")]
+    torch_at = next(i for i, (k, v) in enumerate(kinds) if k == "RUN" and "torch==" in v)
+    deps_at = next(i for i, (k, v) in enumerate(kinds) if k == "RUN" and "-r /tmp/requirements.txt" in v)
+    wheel_at = next(i for i, (k, v) in enumerate(kinds) if k == "COPY" and ".whl" in v)
+    assert torch_at < deps_at < wheel_at
+    after = " ".join(v for k, v in kinds[wheel_at:] if k == "RUN")
+    assert "--no-deps" in after and "vft --help" in after
+    assert not any(k == "RUN" and "torch==" in v for k, v in kinds[wheel_at:])
 
 
 def test_runs_as_the_non_root_user_the_chart_expects():
