@@ -65,7 +65,7 @@ def test_interrupted_run_resumes_from_its_saved_epoch(ray_cluster, digits_dir, t
         f"data.train={digits_dir}/train",
         f"data.val={digits_dir}/val",
         f"run.storage={tmp_path}",
-        "train.epochs=6",
+        "train.epochs=4",
         SMALL_MODEL,
         "--name",
         "resume",
@@ -93,7 +93,7 @@ def test_interrupted_run_resumes_from_its_saved_epoch(ray_cluster, digits_dir, t
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
     before = read_metrics_csv(str(run_dir / "metrics.csv"))
-    assert 1 <= len(before) < 6, before  # stopped early (the local cluster's shutdown takes seconds)
+    assert 1 <= len(before) < 4, before  # stopped early (the local cluster's shutdown takes seconds)
     # 130 and the resume hint; 1 when the same SIGINT stopped the local cluster under the driver first
     output = first.stdout.read()
     assert first.returncode == 130 and "the same command resumes" in output or first.returncode == 1, output
@@ -102,7 +102,7 @@ def test_interrupted_run_resumes_from_its_saved_epoch(ray_cluster, digits_dir, t
     assert second.exit_code == 0, second.output
     assert f"after epoch {len(before)}" in second.output
     after = read_metrics_csv(str(run_dir / "metrics.csv"))
-    assert [row["epoch"] for row in after] == [1, 2, 3, 4, 5, 6]
+    assert [row["epoch"] for row in after] == [1, 2, 3, 4]
     assert after[: len(before)] == before  # finished epochs were not run again
 
 

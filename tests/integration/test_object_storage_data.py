@@ -152,17 +152,22 @@ def test_a_worker_reads_its_s3_dataset_through_the_cache(s3, digits_dir, tmp_pat
 def test_train_kill_a_worker_resume_export_eval_and_serve_all_from_s3(s3, digits_dir, tmp_path):
     """Data and runs on the same S3 server, as on a cluster. `vft train` runs as a shell runs it
     (its own local Ray cluster, whose processes get the AWS_* variables): one of its two Train
-    workers is killed after the first epoch and Ray Train resumes from the checkpoint in S3;
-    then `vft export`, `vft eval` and `vft serve` work from the s3:// run directory."""
+    workers is killed after the first epoch and Ray Train (FailureConfig: run.max_failures)
+    resumes from the checkpoint in S3 instead of epoch 1; the data holds a corrupt image, skipped
+    and counted (data.skip_bad_images) before and after the restart. Then `vft export`,
+    `vft eval` and `vft serve` work from the s3:// run directory."""
     fs, bucket = s3
     upload_digits(fs, bucket, digits_dir, per_class=15)
+    with fs.open_output_stream(f"{bucket}/digits/train/3/broken.png") as out:
+        out.write(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
     run = f"s3://{bucket}/runs/s3run"
     env = clean_env()  # the test's AWS_* variables and data cache, no Ray address
     log = tmp_path / "train.log"
     args = [
         "train", ROOT / "configs/digits.yaml", f"data.train=s3://{bucket}/digits/train",
         f"data.val=s3://{bucket}/digits/val", f"run.storage=s3://{bucket}/runs", "train.epochs=3",
-        "run.max_failures=1", "data.num_workers=0", SMALL_MODEL, "--name", "s3run", "--quiet",
+        "run.max_failures=1", "data.skip_bad_images=true", "data.num_workers=0", SMALL_MODEL,
+        "--name", "s3run", "--quiet",
     ]  # fmt: skip
     with log.open("w") as out:
         train = subprocess.Popen(
@@ -193,6 +198,7 @@ def test_train_kill_a_worker_resume_export_eval_and_serve_all_from_s3(s3, digits
     history = read_metrics_csv(f"{run}/metrics.csv")
     assert [row["epoch"] for row in history] == [1, 2, 3]
     assert history[0] == first_epoch  # not trained again after the restart
+    assert [row["data/skipped_images"] for row in history] == [1, 1, 1]
 
     exported = CliRunner().invoke(app, ["export", run, "--format", "onnx", "--check"])
     assert exported.exit_code == 0, exported.output

@@ -101,10 +101,8 @@ def test_a_failing_job_exits_1(cluster, tmp_path):
     assert "FAILED" in proc.stderr
 
 
-def test_submission_without_the_token_is_refused(cluster, tmp_path):
-    proc = vft_submit(cluster, tmp_path, token=None, timeout=120)
-    assert proc.returncode == 2
-    assert "Unauthorized" in proc.stderr or "401" in proc.stderr, proc.stderr
+def test_submission_with_a_wrong_token_is_refused(cluster, tmp_path):
+    """Exit 2 naming the refusal (a missing token's 401 is checked on the API itself above)."""
     proc = vft_submit(cluster, tmp_path, token="wrong-token", timeout=120)
     assert proc.returncode == 2
     assert "Forbidden" in proc.stderr or "403" in proc.stderr, proc.stderr

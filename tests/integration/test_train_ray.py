@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -199,36 +195,6 @@ def test_corrupt_image_is_an_error_naming_the_file(ray_cluster, digits_dir, tmp_
     )  # fmt: skip
     assert result.exit_code == 2
     assert "broken.png" in result.output and "cannot decode" in result.output
-
-
-def test_a_killed_worker_restarts_from_the_latest_checkpoint(ray_cluster, digits_dir, tmp_path):
-    """FailureConfig(run.max_failures): Ray Train restarts the worker group, which resumes from
-    the latest checkpoint instead of epoch 1. The data holds a corrupt image, skipped and counted
-    (data.skip_bad_images) before and after the restart."""
-    from ray.util.state import list_actors
-
-    data = with_broken_image(digits_dir, tmp_path / "data")
-    outcome = {}
-    args = digits_args(data, tmp_path, "train.epochs=3", "run.max_failures=1", "data.skip_bad_images=true")
-    args += [SMALL_MODEL, "--name", "ft"]
-    thread = threading.Thread(target=lambda: outcome.setdefault("result", vft(*args)))
-    thread.start()
-    metrics = tmp_path / "ft" / "metrics.csv"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and len(read_metrics_csv(str(metrics))) < 1:
-        time.sleep(0.5)
-    first_epoch = read_metrics_csv(str(metrics))[0]
-    address = ray_cluster.get_runtime_context().gcs_address  # this session's cluster, not another
-    alive = [("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]
-    workers = list_actors(address=address, filters=alive)
-    assert len(workers) == 2
-    os.kill(workers[0].pid, signal.SIGKILL)
-    thread.join(timeout=300)
-    assert outcome["result"].exit_code == 0, outcome["result"].output
-    history = read_metrics_csv(str(metrics))
-    assert [row["epoch"] for row in history] == [1, 2, 3]
-    assert history[0] == first_epoch  # epoch 1 was not trained again after the restart
-    assert [row["data/skipped_images"] for row in history] == [1, 1, 1]
 
 
 def test_multilabel_csv_manifest_trains_with_bce(ray_cluster, digits_dir, tmp_path):
