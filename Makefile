@@ -41,8 +41,9 @@ tools: $(TOOLS)/helm $(TOOLS)/moto/bin/moto_server
 
 DEMO_PORT ?= 8000
 
-# Train on the digits, export (ONNX + INT8, parity-checked), serve with Ray Serve, ask it about
-# one validation image per class, stop the server.
+# Train on the digits, export (ONNX + INT8, parity-checked, registered in MLflow), serve with Ray
+# Serve, ask it about one validation image per class, stop the server. The run, its export and
+# the registered model are in runs/mlflow.db: `vft ui` shows them.
 demo: venv
 	$(BIN)/vft data digits --out data/digits
 	rm -rf runs/demo
@@ -52,6 +53,7 @@ demo: venv
 	trap 'kill -INT $$server; wait $$server' EXIT; \
 	$(BIN)/vft predict http://127.0.0.1:$(DEMO_PORT) --wait 120 --top 1 \
 		$$(for d in data/digits/val/*/; do ls $$d*.png | head -1; done)
+	@echo "tracked in runs/mlflow.db (run, export, registered model 'demo'): $(BIN)/vft ui"
 
 lint: venv
 	$(BIN)/ruff check .

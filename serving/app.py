@@ -53,7 +53,10 @@ class ServeArgs(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    run_dir: str
+    run_dir: str = Field(description="run directory, its s3:// or gs:// URI, or models:/<name>@<alias>")
+    tracking_uri: str | None = Field(
+        None, description="MLflow registry of a models:/ URI (default $MLFLOW_TRACKING_URI)"
+    )
     backend: BackendName = "onnx"
     max_batch_size: int = Field(32, ge=1, le=1024)
     batch_wait_timeout_s: float = Field(0.01, ge=0.0, le=5.0)
@@ -100,7 +103,7 @@ def _finite(output) -> bool:
 class VftModel:
     def __init__(self, args: dict):
         self.args = ServeArgs.model_validate(args)
-        run_dir = fetch_run_dir(self.args.run_dir)
+        run_dir = fetch_run_dir(self.args.run_dir, self.args.tracking_uri)
         self.meta = read_run_meta(run_dir)
         self.backend = create_backend(self.args.backend, run_dir, self.args.threads)
         self.handler = task_of(self.meta).serve_handler(self.meta, self.args.top_k, self.args.score_threshold)

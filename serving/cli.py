@@ -8,6 +8,7 @@ Exit codes as everywhere: 0 success, 1 failed (a parity gate with --check, a ser
 from __future__ import annotations
 
 import json
+import re
 import signal
 import sys
 import threading
@@ -29,13 +30,19 @@ from serving.evaluate.pipeline import evaluate_run
 from serving.export.base import EXPORTERS, ExportOptions, Thresholds, parse_formats
 from serving.export.pipeline import export_run
 from serving.runtime.registry import backend_names, check_servable
+from serving.runtime.rundir import fetch_run_dir
 from trainer.components import checkpoint as ckpt
+from trainer.components.model_registry import is_model_uri, promote, register_export
 from trainer.components.robustness import ATTACKS, list_corruptions
+from trainer.components.tracking import first_line
 from trainer.console import err, fail
 from trainer.driver import init_ray
 from trainer.errors import VftError
 
 out = Console(width=None if sys.stdout.isatty() else 120)  # tables stay whole in logs
+TRACKING_HELP = (
+    "MLflow registry of a models:/ URI (default: $MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db)"
+)
 Backend = Enum("Backend", {name: name for name in backend_names()}, type=str)  # the runtime registry's names
 
 
@@ -73,9 +80,16 @@ def export(
     data: Annotated[Path | None, typer.Option(help="validation images (default: the run's data.val)")] = None,
     trt_precision: Annotated[TrtPrecision, typer.Option(help="TensorRT precision")] = TrtPrecision.fp16,
     trt_max_batch: Annotated[int, typer.Option(min=1, help="TensorRT profile's largest batch")] = 32,
+    register: Annotated[
+        bool, typer.Option(help="register the export in MLflow's model registry (runs tracked with MLflow)")
+    ] = True,
+    model_name: Annotated[
+        str | None, typer.Option(help="registered model name (default: the run's name)")
+    ] = None,
 ) -> None:
     """Export the best checkpoint to ONNX / INT8 / TensorRT, checked against PyTorch on the
-    validation images; writes RUN_DIR/export/ and report.json."""
+    validation images; writes RUN_DIR/export/ and report.json, and registers the export as a new
+    version of the run's model in MLflow when the run was tracked there."""
     try:
         opts = ExportOptions(
             formats=parse_formats(formats) if formats else None,
@@ -91,12 +105,28 @@ def export(
     unavailable = {f: r for f, r in report["formats"].items() if r["status"] == "unavailable"}
     for fmt, result in unavailable.items():
         err.print(f"{fmt}: not built: {result['reason']}", style="yellow", markup=False, highlight=False)
+    if register:
+        register_model(run_dir, report, model_name)
     if check and not report["passed"]:
         fail("parity check failed: " + "; ".join(
             f"{fmt}: {', '.join(r['failed'])}" for fmt, r in report["formats"].items() if r.get("failed")
         ), 1)  # fmt: skip
     if unavailable:
         raise typer.Exit(2)
+
+
+def register_model(run_dir: str, report: dict, name: str | None) -> None:
+    """A new registered version (the export files, parity results as tags); a registry that
+    fails is a warning: the export is written."""
+    try:
+        uri = register_export(fetch_run_dir(run_dir), report, name)
+    except Exception as exc:  # noqa: BLE001 - MLflow's errors, an unreachable server
+        err.print(
+            f"not registered in MLflow: {type(exc).__name__}: {first_line(exc)}", style="yellow", markup=False
+        )
+        return
+    if uri:
+        out.print(f"registered: {uri}  (serve it: vft serve {uri})", highlight=False)
 
 
 COLUMNS = ("format", "status", "max|diff|", "agree", "metric", "delta", "img/s 1|32", "vs onnx")
@@ -145,7 +175,11 @@ def export_table(report: dict) -> Table:
 
 def serve(
     run_dir: Annotated[
-        str, typer.Argument(help="a run directory exported for onnx/int8/tensorrt (or its s3:// URI)")
+        str,
+        typer.Argument(
+            help="a run directory exported for onnx/int8/tensorrt, its s3:// URI, or a registered "
+            "model: models:/<name>/<version> or models:/<name>@<alias>"
+        ),
     ],
     backend: Annotated[Backend, typer.Option(help="inference backend")] = Backend["onnx"],
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
@@ -160,13 +194,17 @@ def serve(
     address: Annotated[str | None, typer.Option(help="Ray cluster address (default: local cluster)")] = None,
     metrics_port: Annotated[int | None, typer.Option(help="local cluster: Prometheus metrics port")] = None,
     score_threshold: Annotated[float, typer.Option(min=0, max=1, help="detection: least box score")] = 0.25,
+    tracking_uri: Annotated[str | None, typer.Option(help=TRACKING_HELP)] = None,
 ) -> None:
     """Serve RUN_DIR with Ray Serve: POST /v1/predict, GET /v1/model, /healthz, /docs. Ctrl-C stops."""
-    where = run_dir if ckpt.is_remote(run_dir) else str(Path(run_dir).resolve())
+    remote = ckpt.is_remote(run_dir) or is_model_uri(run_dir)
+    where = run_dir if remote else str(Path(run_dir).resolve())
     args = ServeArgs(run_dir=where, backend=backend.value, max_batch_size=max_batch_size,
-                     batch_wait_timeout_s=batch_wait_ms / 1000, score_threshold=score_threshold)  # fmt: skip
+                     batch_wait_timeout_s=batch_wait_ms / 1000, score_threshold=score_threshold,
+                     tracking_uri=tracking_uri)  # fmt: skip
     try:
-        check_servable(run_dir, backend.value)
+        local = fetch_run_dir(run_dir, tracking_uri) if is_model_uri(run_dir) else run_dir
+        check_servable(local, backend.value)
     except VftError as exc:
         fail(str(exc), exc.exit_code)
     autoscaling = {"min_replicas": 1, "max_replicas": max_replicas} if max_replicas else None
@@ -280,3 +318,23 @@ def table_of(title: str, header: list[str], rows: list[list[str]]) -> Table:
     for row in rows:
         table.add_row(*row)
     return table
+
+
+# ----------------------------------------------------------------------------- promote
+
+
+def promote_model(
+    name: Annotated[str, typer.Argument(help="registered model name (the run's name)")],
+    version: Annotated[str, typer.Argument(help="its version, as `vft export` printed it")],
+    alias: Annotated[str, typer.Option(help="alias to point at this version")] = "production",
+    tracking_uri: Annotated[str | None, typer.Option(help=TRACKING_HELP)] = None,
+) -> None:
+    """Point an alias (default: production) at a registered version; `vft serve
+    models:/NAME@ALIAS` then serves it."""
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", alias) or re.fullmatch(r"v\d+|latest", alias):
+        fail(f"--alias: '{alias}' is not an alias (letters, digits, _ and -; not latest or v<number>)", 2)
+    try:
+        promote(name, version, alias, tracking_uri)
+    except VftError as exc:
+        fail(str(exc), exc.exit_code)
+    out.print(f"models:/{name}@{alias} -> version {version}", highlight=False)

@@ -61,14 +61,34 @@ def ray_metrics_url() -> str:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster(ray_metrics_url):
+def mlflow_server(tmp_path_factory):
+    """A real MLflow tracking server for the session; MLFLOW_TRACKING_URI names it, so every run
+    of the integration tests (in this process, the cluster's and subprocesses) is tracked there,
+    as on a cluster whose chart sets tracking.uri."""
+    from tracking_tools import start_mlflow_server
+
+    server = start_mlflow_server(tmp_path_factory.mktemp("mlflow"))
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = server.url
+    yield server
+    server.stop()
+    if previous is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = previous
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(ray_metrics_url, mlflow_server):
     import ray
 
     from trainer.driver import init_ray
 
     port = int(ray_metrics_url.rsplit(":", 1)[1].split("/")[0])
-    # the embedded default's own local cluster, oversubscribed
+    # the embedded default's own local cluster, oversubscribed; its processes inherit
+    # MLFLOW_TRACKING_URI (Tune trials track their runs from them)
     init_ray(num_cpus=4, _metrics_export_port=port, _system_config={"metrics_report_interval_ms": 1000})
+    mlflow_server.wait_ready()  # started meanwhile
     yield ray
     ray.shutdown()
 
@@ -105,6 +125,7 @@ def digits_run(ray_cluster, digits_dir, tmp_path_factory) -> Path:
     args = [
         "train", str(ROOT / "configs/digits.yaml"), f"data.train={digits_dir}/train",
         f"data.val={digits_dir}/val", f"run.storage={storage}", "--name", "digits", "--quiet",
+        "track.backend=[mlflow,tensorboard]",
     ]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -123,6 +144,19 @@ def exported_run(digits_run) -> tuple[Path, dict]:
     result = CliRunner().invoke(app, ["export", str(digits_run), "--format", "onnx,int8", "--check"])
     assert result.exit_code == 0, result.output
     return digits_run, json.loads((digits_run / "export" / "report.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def registered_digits(exported_run) -> str:
+    """The version `vft export` registered for the digits run (the first export of it)."""
+    from tracking_tools import tracked_run
+
+    run_dir, _ = exported_run
+    client, run = tracked_run(run_dir)
+    versions = client.search_model_versions("name = 'digits'")
+    mine = sorted(int(v.version) for v in versions if v.run_id == run.info.run_id)
+    assert mine, [v.run_id for v in versions]
+    return f"models:/digits/{mine[0]}"
 
 
 def _vft(*args):

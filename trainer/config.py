@@ -296,6 +296,37 @@ class RunSection(_Strict):
     max_failures: int = Field(0, ge=-1)
 
 
+class TrackSection(_Strict):
+    """Experiment tracking from the driver (`trainer/components/tracking.py`)."""
+
+    backend: list[Literal["mlflow", "tensorboard", "none"]] = Field(
+        ["mlflow"], description="mlflow | tensorboard | none, or a list of them"
+    )
+    uri: str | None = Field(
+        None,
+        description="MLflow tracking server (http(s)://, databricks, sqlite:///); default "
+        "$MLFLOW_TRACKING_URI, else sqlite:///<run.storage>/mlflow.db",
+    )
+    experiment: str = Field("vft", min_length=1, description="MLflow experiment name")
+
+    @field_validator("backend", mode="before")
+    @classmethod
+    def _listed(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("backend")
+    @classmethod
+    def _none_alone(cls, value: list[str]) -> list[str]:
+        if "none" in value and len(value) > 1:
+            raise ValueError("'none' cannot be combined with another backend")
+        if len(set(value)) != len(value):
+            raise ValueError(f"{value}: a backend is listed twice")
+        return value
+
+    def backends(self) -> list[str]:
+        return [b for b in self.backend if b != "none"]
+
+
 class VftConfig(_Strict):
     """The sections every task shares. Each task subclasses it in its own folder
     (`trainer/tasks/<task>/config.py`) with `task: Literal["<task>"]` and its own model, data,
@@ -313,6 +344,7 @@ class VftConfig(_Strict):
     qat: QatSection = QatSection()
     scaling: ScalingSection = ScalingSection()
     run: RunSection = RunSection()
+    track: TrackSection = TrackSection()
     supports_qat: ClassVar[bool] = False  # a task whose models quantization-aware training takes
 
     def with_data_paths(self, localize: Callable[[str], str]) -> VftConfig:
@@ -333,6 +365,16 @@ class VftConfig(_Strict):
     def _decode_needs_gpus(self) -> VftConfig:
         if self.data.decode == "gpu" and self.scaling.use_gpu is False:
             raise ValueError("data.decode: 'gpu' needs GPU workers, and scaling.use_gpu is false")
+        return self
+
+    @model_validator(mode="after")
+    def _tracking_fits_storage(self) -> VftConfig:
+        remote = self.run.storage.startswith(("s3://", "gs://"))
+        if remote and "tensorboard" in self.track.backend:
+            raise ValueError(
+                "track.backend: tensorboard writes RUN_DIR/tb/ on a local run.storage; with "
+                f"{self.run.storage} track with mlflow (track.uri)"
+            )
         return self
 
     @model_validator(mode="after")

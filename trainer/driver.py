@@ -29,9 +29,11 @@ from rich.table import Table
 
 from trainer import errors
 from trainer.components import checkpoint as ckpt
-from trainer.components.runlog import read_metrics_csv, write_text
+from trainer.components.runlog import read_bytes, read_metrics_csv, write_text
+from trainer.components.tracking import Tracker, open_tracker
 from trainer.config import VftConfig, to_yaml
 from trainer.engine.entry import train_worker
+from trainer.engine.lineage import run_info, track_options
 from trainer.engine.progress import ProgressBoard
 
 console = Console(stderr=True)
@@ -110,13 +112,41 @@ def make_trainer(cfg: VftConfig, run_dir: str, board=None, callbacks: list | Non
     )
 
 
-def train(cfg: VftConfig, address: str | None = None, quiet: bool = False) -> TrainSummary:
+def run_tracker(cfg: VftConfig) -> Tracker:
+    """The run's tracker (`track.*`); ConfigError when it cannot work with this config."""
+    return open_tracker(track_options(cfg, run_dir_of(cfg)))
+
+
+def tracked_files(run_dir: str, plots: dict[str, bytes]) -> dict[str, bytes]:
+    """What a finished run attaches to its tracked run: the plots, meta.json of best/,
+    metrics.csv and config.yaml."""
+    files = {f"plots/{name}": content for name, content in plots.items()}
+    for name, path in (("meta.json", "best/meta.json"), ("metrics.csv",) * 2, ("config.yaml",) * 2):
+        content = read_bytes(ckpt.join(run_dir, path))
+        if content is not None:
+            files[name] = content
+    return files
+
+
+def train(
+    cfg: VftConfig,
+    address: str | None = None,
+    quiet: bool = False,
+    tracker: Tracker | None = None,
+    datasets: list[dict] = (),
+) -> TrainSummary:
+    """Train (or resume) the run; each finished epoch goes to `tracker` (begun here with the
+    run's lineage and `datasets`' identity, finished by the caller once the plots are drawn)."""
     run_dir = run_dir_of(cfg)
-    done = len(read_metrics_csv(ckpt.join(run_dir, "metrics.csv")))
-    if done:
-        console.print(f"resuming {run_dir} after epoch {done}")
+    earlier = read_metrics_csv(ckpt.join(run_dir, "metrics.csv"))
+    if earlier:
+        console.print(f"resuming {run_dir} after epoch {len(earlier)}")
     write_text(ckpt.join(run_dir, "config.yaml"), to_yaml(cfg))
     init_ray(address)
+    tracker = tracker or Tracker([])
+    if tracker.enabled:
+        tracker.begin(run_info(cfg, run_dir, ray.cluster_resources(), list(datasets)))
+        tracker.sync(earlier)
     board = ProgressBoard.remote()
     trainer = make_trainer(cfg, run_dir, board)
     start = time.perf_counter()
@@ -131,12 +161,13 @@ def train(cfg: VftConfig, address: str | None = None, quiet: bool = False) -> Tr
     thread = threading.Thread(target=fit, name="vft-fit", daemon=True)
     with _ctrl_c() as interrupted:
         thread.start()
-        records = _watch(thread, board, cfg, quiet, interrupted)
+        records = _watch(thread, board, cfg, quiet, interrupted, tracker)
     wall = time.perf_counter() - start
     ray.kill(board)
     if "error" in outcome:
         raise RunFailed(outcome["error"]) from outcome["error"]
     history = read_metrics_csv(ckpt.join(run_dir, "metrics.csv")) or records
+    tracker.sync(history)
     best = best_row(history, cfg.train.monitor, cfg.train.mode)
     summary = TrainSummary(run_dir, history, best, wall, bool(records and records[-1].get("stopped")))
     return summary
@@ -169,7 +200,12 @@ def _ctrl_c():
 
 
 def _watch(
-    thread: threading.Thread, board, cfg: VftConfig, quiet: bool, interrupted: threading.Event
+    thread: threading.Thread,
+    board,
+    cfg: VftConfig,
+    quiet: bool,
+    interrupted: threading.Event,
+    tracker: Tracker,
 ) -> list[dict]:
     """Poll the progress board while fit() runs; print one line per finished epoch. Ctrl-C
     (`interrupted`) ends it with KeyboardInterrupt: the process exits and its local cluster, the
@@ -207,6 +243,7 @@ def _watch(
                 )
             for record in new:
                 records.append(record)
+                tracker.epoch(record)
                 if not quiet:
                     console.print(_epoch_line(record, cfg))
     if interrupted.is_set():  # the same SIGINT may have ended the workers, and so fit(), first

@@ -12,12 +12,15 @@ from rich.logging import RichHandler
 from trainer.components.remote_data import localize
 from trainer.config import load_config
 from trainer.console import err, fail, out
+from trainer.driver import run_tracker
 from trainer.engine.assemble import check_qat
+from trainer.engine.data_identity import datasets
 from trainer.errors import VftError
 from trainer.tasks.base import get_task
 from tuner.report import collect, summary_table, write_outputs
 from tuner.space import load_space
 from tuner.sweep import SweepFailed, run_sweep, tune_dir_of
+from tuner.tracking import finish_sweep
 
 
 def tune(
@@ -36,18 +39,20 @@ def tune(
         # fail fast, before any cluster starts, on an unusable dataset (object storage: copied here)
         get_task(cfg.task).check_data(cfg.with_data_paths(localize))
         check_qat(cfg)
+        identity = datasets(cfg) if run_tracker(cfg).enabled else []  # ConfigError: tracking and storage
     except VftError as exc:
         fail(str(exc), exc.exit_code)
     show_progress(quiet)
     err.print(f"sweep dir: {tune_dir_of(cfg)}")
     try:
-        run = run_sweep(cfg, sweep_space, address=address)
+        run = run_sweep(cfg, sweep_space, address=address, datasets=identity)
     except SweepFailed as exc:
         fail(f"the sweep failed: {exc}", 1)
     except VftError as exc:
         fail(str(exc), exc.exit_code)
     summary = collect(cfg, sweep_space, run)
     outputs = write_outputs(summary, cfg, sweep_space)
+    finish_sweep(run.parent, summary, outputs)
     out.print(summary_table(summary, sweep_space, outputs))
     if not summary.succeeded:
         fail(f"no trial finished ({len(summary.trials)} trials; see {outputs['results']})", 1)

@@ -49,15 +49,18 @@ import yaml
 
 from trainer import errors
 from trainer.components import checkpoint as ckpt
-from trainer.components.runlog import read_text, write_metrics_csv, write_text
+from trainer.components.runlog import read_metrics_csv, read_text, write_metrics_csv, write_text
+from trainer.components.tracking import Tracker
 from trainer.config import VftConfig, build_config, merge, to_yaml
-from trainer.driver import RunFailed, init_ray, make_trainer, run_dir_of, use_gpu
+from trainer.driver import RunFailed, init_ray, make_trainer, run_dir_of, run_tracker, tracked_files, use_gpu
+from trainer.engine.lineage import run_info
 from trainer.errors import ConfigError
 from tuner.components import create_scheduler, create_search, param_space, uses_checkpoints
 from tuner.mailbox import ForwardReports, Mailbox
 from tuner.progress import TrialLog, drop_trial_tracebacks
 from tuner.space import Space, set_dotted
 from tuner.space import to_yaml as space_yaml
+from tuner.tracking import start_sweep
 
 log = logging.getLogger("vft.tune")
 
@@ -90,6 +93,7 @@ class TrialPlan:
     metric: str
     mode: str
     checkpoints_to_tune: bool
+    parent: dict | None = None  # the sweep's MLflow run (tuner/tracking.py): trials are its children
 
 
 def trial_config(plan: TrialPlan, params: dict, trial_id: str) -> VftConfig:
@@ -122,7 +126,7 @@ def run_trial(params: dict, plan: TrialPlan) -> None:
     run_dir = run_dir_of(cfg)
     adopt_checkpoint(tune.get_checkpoint(), run_dir)
     write_text(ckpt.join(run_dir, "config.yaml"), to_yaml(cfg))
-    fit_and_forward(cfg, run_dir, plan.checkpoints_to_tune)
+    fit_and_forward(cfg, run_dir, plan.checkpoints_to_tune, plan.parent)
 
 
 def adopt_checkpoint(checkpoint, run_dir: str) -> None:
@@ -176,10 +180,28 @@ class StopTrainRun:
 run_trial.__mixins__ = (StopTrainRun,)  # Tune's extension point for function trainables
 
 
-def fit_and_forward(cfg: VftConfig, run_dir: str, checkpoints_to_tune: bool) -> None:
-    """Fit in a thread; pass each epoch's report to Tune from this (the trial's) thread. The
-    last epoch (or early stopping) ends the trial: the run finishes first, then its report goes
-    to Tune marked done, so no scheduler acts on a finished trial (PBT would pause it)."""
+def fit_and_forward(
+    cfg: VftConfig, run_dir: str, checkpoints_to_tune: bool, parent: dict | None = None
+) -> None:
+    """Fit in a thread; pass each epoch's report to Tune (and the trial's tracker, a child of
+    the sweep's run) from this (the trial's) thread. The last epoch (or early stopping) ends the
+    trial: the run finishes first, then its report goes to Tune marked done, so no scheduler
+    acts on a finished trial (PBT would pause it)."""
+    tracker = run_tracker(cfg)
+    if tracker.enabled:
+        tracker.begin(run_info(cfg, run_dir, ray.cluster_resources(), [], parent))
+        tracker.sync(read_metrics_csv(ckpt.join(run_dir, "metrics.csv")))  # a restored trial
+    try:
+        _fit_and_forward(cfg, run_dir, checkpoints_to_tune, tracker)
+    except BaseException:
+        # Tune stopping the trial (a scheduler, or the end of a finished one) is no failure;
+        # tuner/tracking.py's finish_sweep sets the final state from Tune's verdict either way
+        tracker.finish("KILLED" if _STOPPING.is_set() else "FAILED", tracked_files(run_dir, {}))
+        raise
+    tracker.finish("FINISHED", tracked_files(run_dir, {}))
+
+
+def _fit_and_forward(cfg: VftConfig, run_dir: str, checkpoints_to_tune: bool, tracker: Tracker) -> None:
     mailbox = Mailbox.remote()
     trainer = make_trainer(cfg, run_dir, callbacks=[ForwardReports(mailbox)])
     outcome: dict = {}
@@ -198,6 +220,7 @@ def fit_and_forward(cfg: VftConfig, run_dir: str, checkpoints_to_tune: bool) -> 
         if report is None:
             continue
         metrics, checkpoint, _RUN["controller"] = report
+        tracker.epoch(metrics)
         metrics["done"] = bool(metrics.get("stopped")) or metrics["epoch"] >= cfg.train.epochs
         if metrics["done"]:
             mailbox.ack.remote()
@@ -272,7 +295,7 @@ def trial_dirname(trial) -> str:
     return trial.trial_id
 
 
-def make_tuner(cfg: VftConfig, space: Space, tune_dir: str, concurrent: int):
+def make_tuner(cfg: VftConfig, space: Space, tune_dir: str, concurrent: int, parent: dict | None = None):
     from ray import tune
 
     plan = TrialPlan(
@@ -281,6 +304,7 @@ def make_tuner(cfg: VftConfig, space: Space, tune_dir: str, concurrent: int):
         metric=space.metric,
         mode=space.mode,
         checkpoints_to_tune=uses_checkpoints(space),
+        parent=parent,
     )
     trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), {"cpu": DRIVER_CPUS})
     experiment = ckpt.join(tune_dir, EXPERIMENT)
@@ -317,15 +341,21 @@ class SweepRun:
     experiment: str
     wall_s: float
     concurrent: int
+    parent: dict | None = None  # the sweep's MLflow run
 
 
-def run_sweep(cfg: VftConfig, space: Space, address: str | None = None) -> SweepRun:
-    """Run (or resume) the sweep; trial failures are recorded, not raised."""
+def run_sweep(
+    cfg: VftConfig, space: Space, address: str | None = None, datasets: list[dict] = ()
+) -> SweepRun:
+    """Run (or resume) the sweep; trial failures are recorded, not raised. With MLflow tracking
+    the sweep is a parent run (tuner/tracking.py, logging `datasets`' identity) whose children
+    are the trials' runs."""
     import ray
 
     tune_dir = tune_dir_of(cfg)
     check_same_space(tune_dir, space)
     init_ray(address)
+    parent = start_sweep(cfg, tune_dir, space, ray.cluster_resources(), list(datasets))
     fits = max_concurrent_trials(trial_resources(cfg), ray.cluster_resources())
     concurrent = space.max_concurrent_trials or fits
     if concurrent > fits and address is None:
@@ -349,10 +379,12 @@ def run_sweep(cfg: VftConfig, space: Space, address: str | None = None) -> Sweep
     write_text(ckpt.join(tune_dir, "space.yaml"), space_yaml(space))
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # vft logs trials itself (verbose=0)
     drop_trial_tracebacks()
-    tuner = make_tuner(cfg, space, tune_dir, concurrent)
+    tuner = make_tuner(cfg, space, tune_dir, concurrent, parent)
     start = time.perf_counter()
     try:
         tuner.fit()
     except Exception as exc:  # noqa: BLE001 - Tune's own failure (trial errors are in the results)
         raise SweepFailed(f"{type(exc).__name__}: {exc}") from exc
-    return SweepRun(tune_dir, ckpt.join(tune_dir, EXPERIMENT), time.perf_counter() - start, concurrent)
+    return SweepRun(
+        tune_dir, ckpt.join(tune_dir, EXPERIMENT), time.perf_counter() - start, concurrent, parent
+    )

@@ -1,6 +1,7 @@
 """Run directories as serving reads them: RUN_DIR/best (meta.json and weights; or a checkpoint
 folder given directly), RUN_DIR/export (model.onnx, model.int8.onnx, model.plan) and
-RUN_DIR/config.yaml; a run in object storage (s3://, gs://) is fetched to a local folder."""
+RUN_DIR/config.yaml; a run in object storage (s3://, gs://) or a registered model (models:/) is
+fetched to a local folder."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pyarrow.fs as pafs
 
 from serving.runtime.base import BackendError
 from trainer.components import checkpoint as ckpt
+from trainer.components.model_registry import fetch_model, is_model_uri
 from trainer.components.remote_data import localize
 from trainer.config import VftConfig, load_config
 from trainer.tasks.base import task_of
@@ -51,10 +53,13 @@ def run_config(run_dir: Path, data: Path | None = None) -> VftConfig:
     return cfg.with_data_paths(localize)
 
 
-def fetch_run_dir(uri: str) -> Path:
+def fetch_run_dir(uri: str, tracking_uri: str | None = None) -> Path:
     """A run directory as a local path. From object storage (s3://, gs://) best/ (without the
     resume state), export/ and config.yaml are copied to a temporary folder that lives with the
-    process."""
+    process; a registered model (models:/<name>/<version> or @<alias>) is downloaded from the
+    MLflow registry at `tracking_uri` (default $MLFLOW_TRACKING_URI)."""
+    if is_model_uri(uri):
+        return fetch_model(uri, tracking_uri)
     if not ckpt.is_remote(uri):
         return Path(uri)
     local = Path(tempfile.mkdtemp(prefix="vft-run-"))

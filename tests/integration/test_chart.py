@@ -413,6 +413,25 @@ def test_a_model_in_object_storage_is_served_without_a_claim():
         assert "storage" not in {v["name"] for v in pod["spec"]["volumes"]}
 
 
+@pytest.mark.parametrize("workload", ["train", "tune", "serve"])
+def test_a_tracking_server_reaches_every_ray_container(workload):
+    sets = [f"workload={workload}", "tracking.uri=http://mlflow.mlops.svc:5000"]
+    sets.append("tracking.credentialsSecret=mlf")
+    if workload == "serve":
+        sets.append("serve.modelUri=models:/flowers@production")
+    (doc,) = [d for d in template(sets=sets) if d["kind"] in ("RayJob", "RayService")]
+    for where, pod in pod_templates(doc):
+        if where == "submitter":
+            continue
+        env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
+        assert env["MLFLOW_TRACKING_URI"]["value"] == "http://mlflow.mlops.svc:5000", where
+        for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
+            assert env[key]["valueFrom"]["secretKeyRef"] == {"name": "mlf", "key": key, "optional": True}
+    if workload == "serve":
+        (app,) = yaml.safe_load(doc["spec"]["serveConfigV2"])["applications"]
+        assert app["args"]["run_dir"] == "models:/flowers@production"
+
+
 @pytest.mark.parametrize(
     ("sets", "pods"),
     [
@@ -525,6 +544,8 @@ def test_config_file_from_set_file_is_kept_verbatim():
         ("workers.additionalGroups[0].replicas=1", "/workers/additionalGroups/0"),
         ("head.runtimeClassName=Not_A_Name", "/head/runtimeClassName"),
         ("gcsFaultTolerance.redisAddress=redis", "/gcsFaultTolerance/redisAddress"),
+        ("tracking.uri=file:///mnt/mlruns", "/tracking/uri"),
+        ("serve.modelUri=models:/flowers", "/serve/modelUri"),
     ],
 )
 def test_values_schema_rejects(setting, message):
@@ -549,6 +570,7 @@ def test_values_schema_rejects(setting, message):
         (["gcsFaultTolerance.enabled=true", "gcsFaultTolerance.redisAddress=r:1"], "Tolerance.enabled"),
         (["workload=serve", "gcsFaultTolerance.enabled=true"], "gcsFaultTolerance.redisAddress"),
         (["workload=serve", "serve.upgradeStrategy.type=NewClusterWithIncrementalUpgrade"], "gatewayClass"),
+        (["workload=serve", "serve.modelUri=models:/flowers@production"], "tracking.uri"),
     ],
 )
 def test_inconsistent_values_fail_with_the_field(settings, message):

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from tracking_tools import steps, tracked_run
 from train_tools import SMALL_MODEL
 from typer.testing import CliRunner
 
@@ -104,6 +105,12 @@ def test_interrupted_run_resumes_from_its_saved_epoch(ray_cluster, digits_dir, t
     after = read_metrics_csv(str(run_dir / "metrics.csv"))
     assert [row["epoch"] for row in after] == [1, 2, 3, 4]
     assert after[: len(before)] == before  # finished epochs were not run again
+    # one MLflow run (the session's server) continued by the resume, each epoch logged once
+    client, run = tracked_run(run_dir)
+    assert run.info.status == "FINISHED"
+    assert steps(client, run.info.run_id, "epoch") == [(e, float(e)) for e in (1, 2, 3, 4)]
+    same_dir = client.search_runs([run.info.experiment_id], f"tags.`vft.run_dir` = '{run_dir}'")
+    assert [r.info.run_id for r in same_dir] == [run.info.run_id]
 
 
 def test_unusable_datasets_exit_2_before_any_cluster_starts(digits_dir, tmp_path):

@@ -311,8 +311,11 @@ def test_other_backends_serve_the_same_answers(server, exported_run, val_images,
 # ----------------------------------------------------------------------------- the commands
 
 
-def test_vft_serve_answers_vft_predict_and_stops_on_ctrl_c(exported_run, val_images, tmp_path):
-    run_dir, _ = exported_run
+def test_vft_serve_answers_vft_predict_and_stops_on_ctrl_c(registered_digits, val_images, tmp_path):
+    """The export `vft export` registered, promoted to production and served by its alias (the
+    replica downloads it from the session's MLflow server)."""
+    promoted = CliRunner().invoke(app, ["promote", "digits", registered_digits.rsplit("/", 1)[1]])
+    assert promoted.exit_code == 0, promoted.output
     port = free_ports(1)[0]
     env = clean_env()
     log = (tmp_path / "serve.log").open("w")
@@ -322,7 +325,7 @@ def test_vft_serve_answers_vft_predict_and_stops_on_ctrl_c(exported_run, val_ima
             "-m",
             "trainer.cli",
             "serve",
-            str(run_dir),
+            "models:/digits@production",
             "--port",
             str(port),
             "--cpus-per-replica",

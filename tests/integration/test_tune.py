@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tracking_tools import artifact_paths, steps, tracked_run
 from tune_tools import ROOT, tune_args, write_space
 from typer.testing import CliRunner
 
@@ -91,6 +92,31 @@ def test_sweep_writes_best_config_checkpoint_and_plots(asha_sweep):
     assert vft("validate", asha_sweep / "best_config.yaml").exit_code == 0
 
 
+def test_a_sweep_is_one_mlflow_parent_run_with_a_child_per_trial(asha_sweep):
+    rows = results(asha_sweep)
+    client, parent = tracked_run(asha_sweep)
+    assert parent.info.status == "FINISHED" and parent.data.params["space.scheduler.name"] == "asha"
+    assert {d.dataset.name for d in parent.inputs.dataset_inputs} == {"train", "val"}
+    files = artifact_paths(client, parent.info.run_id)
+    assert {"results.csv", "best_config.yaml", "plots/metric_vs_epoch.png"} <= files
+    query = f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    children = {
+        r.data.tags["vft.trial_id"]: r for r in client.search_runs([parent.info.experiment_id], query)
+    }
+    assert sorted(children) == sorted(rows)
+    best_id = max(rows, key=lambda t: float(rows[t]["val/top1"]))
+    assert parent.data.tags["vft.best_trial"] == best_id
+    for trial_id, row in rows.items():
+        child = children[trial_id]
+        assert child.info.status == "FINISHED" and child.data.tags["vft.trial_status"] == "TERMINATED"
+        assert float(child.data.params["optim.lr"]) == pytest.approx(float(row["optim.lr"]))
+        assert child.data.tags.get("vft.stopped_by", "") == row["stopped_by"]
+        assert child.data.tags["vft.best"] == str(trial_id == best_id).lower()
+        assert [s for s, _ in steps(client, child.info.run_id, "val/top1")] == list(
+            range(1, int(row["epochs"]) + 1)
+        )
+
+
 # ----------------------------------------------------------------------------- failures and resume
 
 
@@ -150,6 +176,9 @@ def test_crashed_trials_leave_the_sweep_successful_and_a_rerun_resumes(ray_clust
     tune_result = (tune_dir / "experiment" / done.name / "result.json").read_text()
     killed_before = read_metrics_csv(str(killed / "metrics.csv"))
     nan_config = (nan / "config.yaml").stat().st_mtime_ns
+    client, parent = tracked_run(tune_dir)
+    first_parent, killed_child = parent.info.run_id, tracked_run(killed)[1].info.run_id
+    assert tracked_run(killed)[1].info.status == "FAILED"
 
     second = vft(*args)
     assert second.exit_code == 0, second.output
@@ -163,6 +192,28 @@ def test_crashed_trials_leave_the_sweep_successful_and_a_rerun_resumes(ray_clust
     history = read_metrics_csv(str(killed / "metrics.csv"))
     assert [row["epoch"] for row in history] == [1, 2]
     assert history[: len(killed_before)] == killed_before  # resumed, not trained again
+
+    # MLflow (the session's server): the rerun continued the sweep's parent run and the killed
+    # trial's child run; the NaN trial's child ended FAILED with its error
+    client, parent = tracked_run(tune_dir)
+    assert parent.info.run_id == first_parent and parent.info.status == "FINISHED"
+    assert parent.data.tags["vft.best_trial"] == done.name and parent.data.tags["vft.sweep"] == "true"
+    assert {"results.csv", "best_config.yaml"} <= artifact_paths(client, parent.info.run_id)
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    )
+    by_trial = {run.data.tags["vft.trial_id"]: run for run in children}
+    assert sorted(by_trial) == sorted(p.name for p in (nan, done, killed))
+    assert (
+        by_trial[nan.name].info.status == "FAILED"
+        and by_trial[nan.name].data.tags["vft.trial_status"] == "ERROR"
+    )
+    assert "NonFiniteLossError" in by_trial[nan.name].data.tags["vft.error"]
+    assert by_trial[killed.name].info.run_id == killed_child
+    assert by_trial[killed.name].info.status == "FINISHED"
+    assert steps(client, killed_child, "epoch") == [(1, 1.0), (2, 2.0)]  # once each, over two sweeps
+    assert by_trial[done.name].data.tags["vft.best"] == "true"
+    assert by_trial[done.name].data.params["optim.lr"] == "0.003"
 
 
 def test_pbt_exploits_the_better_trials_checkpoint(ray_cluster, digits_dir, tmp_path):

@@ -19,9 +19,10 @@ from trainer.driver import TrainSummary
 from trainer.tasks.base import get_task, model_from_checkpoint
 
 
-def write_plots(summary: TrainSummary, cfg: VftConfig) -> None:
+def write_plots(summary: TrainSummary, cfg: VftConfig) -> dict[str, bytes]:
+    """Draws RUN_DIR/plots/*.png; returns them (file name -> PNG) for the tracker."""
     if not summary.history:
-        return
+        return {}
     with tempfile.TemporaryDirectory() as tmp:
         plots.learning_curves(summary.history, cfg.train.monitor, Path(tmp, "learning_curves.png"))
         best_dir = ckpt.join(summary.run_dir, "best")
@@ -44,6 +45,7 @@ def write_plots(summary: TrainSummary, cfg: VftConfig) -> None:
             Path(plots_dir).mkdir(parents=True, exist_ok=True)
             for png in Path(tmp).glob("*.png"):
                 Path(plots_dir, png.name).write_bytes(png.read_bytes())
+        return {png.name: png.read_bytes() for png in sorted(Path(tmp).glob("*.png"))}
 
 
 def prediction_plot(cfg: VftConfig, best_dir: str, path: Path) -> None:

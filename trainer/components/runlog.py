@@ -25,7 +25,7 @@ def write_text(uri: str, text: str) -> None:
     Path(uri).write_text(text)
 
 
-def read_text(uri: str) -> str | None:
+def read_bytes(uri: str) -> bytes | None:
     if is_remote(uri):
         import pyarrow.fs as pafs
 
@@ -33,8 +33,13 @@ def read_text(uri: str) -> str | None:
         if fs.get_file_info(path).type == pafs.FileType.NotFound:
             return None
         with fs.open_input_stream(path) as stream:
-            return stream.read().decode()
-    return Path(uri).read_text() if Path(uri).is_file() else None
+            return stream.read()
+    return Path(uri).read_bytes() if Path(uri).is_file() else None
+
+
+def read_text(uri: str) -> str | None:
+    data = read_bytes(uri)
+    return None if data is None else data.decode()
 
 
 def metrics_columns(history: list[dict]) -> list[str]:

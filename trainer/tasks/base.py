@@ -104,6 +104,12 @@ class Task:
         """A collate function returning (images, targets, skipped_count)."""
         raise NotImplementedError
 
+    def manifest(self, samples: Any, classes: list[str]) -> list[tuple[str, list[str] | None]]:
+        """One line per sample of a split as `read_data` returns it (the files and labels that
+        identify it, hashed into the dataset's digest) and the classes it shows, or None where
+        that needs decoding (masks): the tracked dataset identity (trainer/engine/lineage.py)."""
+        raise NotImplementedError
+
     def balance_labels(self, cfg: VftConfig, train: Dataset) -> list[int] | None:
         """One class index per training sample for class-balanced sampling, or None."""
         return None

@@ -222,11 +222,31 @@ initContainers:
 {{- end }}
 
 {{/*
-The Ray container's environment: the storage settings, then the group's `env` and `envFrom`.
+The MLflow tracking server (`tracking.*`) and its credentials from a Secret.
+*/}}
+{{- define "vft.trackingEnv" -}}
+{{- with .Values.tracking.uri }}
+- name: MLFLOW_TRACKING_URI
+  value: {{ . | quote }}
+{{- end }}
+{{- with $secret := .Values.tracking.credentialsSecret }}
+{{- range $key := list "MLFLOW_TRACKING_USERNAME" "MLFLOW_TRACKING_PASSWORD" "MLFLOW_TRACKING_TOKEN" }}
+- name: {{ $key }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secret }}
+      key: {{ $key }}
+      optional: true
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The Ray container's environment: the storage settings and the tracking server, then the group's `env` and `envFrom`.
 Call with (dict "root" $ "group" group-values).
 */}}
 {{- define "vft.containerEnv" -}}
-{{- $storage := include "vft.storageEnv" .root }}
+{{- $storage := printf "%s\n%s" (include "vft.storageEnv" .root) (include "vft.trackingEnv" .root) | trim }}
 {{- if or $storage .group.env }}
 env:
   {{- with $storage }}

@@ -28,13 +28,18 @@ submitter's and the job's), so the schema limits it to [A-Za-z0-9._-].
 {{- end }}
 
 {{/*
-The run directory a RayService serves: `serve.modelUri` (an object store URI, or a path on the
-claim), else the run's own directory.
+What a RayService serves: `serve.modelUri` (an object store URI, a path on the claim, or a
+registered model's `models:/` URI), else the run's own directory.
 */}}
 {{- define "vft.modelUri" -}}
 {{- $uri := .Values.serve.modelUri }}
 {{- if not $uri }}
 {{- printf "%s/%s" (include "vft.runStorage" .) (include "vft.runName" .) }}
+{{- else if hasPrefix "models:/" $uri }}
+{{- if not .Values.tracking.uri }}
+{{- fail (printf "serve.modelUri: %s is a registered model; set tracking.uri to its MLflow server" $uri) }}
+{{- end }}
+{{- $uri }}
 {{- else if or (hasPrefix "s3://" $uri) (hasPrefix "gs://" $uri) }}
 {{- $uri }}
 {{- else if not .Values.storage.claimName }}

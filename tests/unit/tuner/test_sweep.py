@@ -31,7 +31,7 @@ def test_no_finished_trial_exits_1(digits_dir, tmp_path, monkeypatch):
     )
     # patched where `vft tune` looks them up (tuner.cli imports both by name)
     monkeypatch.setattr(
-        "tuner.cli.run_sweep", lambda cfg, space, address: SweepRun(str(tmp_path), "", 1.0, 1)
+        "tuner.cli.run_sweep", lambda cfg, space, address, datasets: SweepRun(str(tmp_path), "", 1.0, 1)
     )
     summary = SweepSummary("nan", "val/top1", "max", str(tmp_path), [failed], None, 1.0, 1)
     monkeypatch.setattr("tuner.cli.collect", lambda cfg, space, run: summary)

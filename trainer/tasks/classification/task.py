@@ -25,7 +25,7 @@ from trainer.tasks.base import DataSplit, EvalContext, Task
 from trainer.tasks.classification import export
 from trainer.tasks.classification.augment import batch_mix, erasing_ops, policy_ops
 from trainer.tasks.classification.config import ClassificationConfig
-from trainer.tasks.classification.data import Collate, ImageDataset, check_split, read_split
+from trainer.tasks.classification.data import Collate, ImageDataset, Samples, check_split, read_split
 from trainer.tasks.classification.evaluate import ClassificationEval
 from trainer.tasks.classification.metrics import ROBUST_METRIC, ClassificationMetrics
 from trainer.tasks.classification.robust import robust_accuracy
@@ -45,6 +45,10 @@ class Classification(Task):
         split = self.read_data(cfg)
         check_split(split.train, split.val, split.classes, cfg.data.train)
         return split.classes
+
+    def manifest(self, samples: Samples, classes: list[str]) -> list[tuple[str, list[str] | None]]:
+        pairs = zip(samples.paths, samples.labels, strict=True)
+        return [(f"{path}\t{','.join(labels)}", labels) for path, labels in pairs]
 
     def build_datasets(self, cfg, split: DataSplit, prep, encoded: bool = False):
         d = cfg.data

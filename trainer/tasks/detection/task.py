@@ -17,7 +17,7 @@ from trainer.registry import filter_names
 from trainer.tasks.base import DataSplit, Task, split_samples
 from trainer.tasks.detection import export
 from trainer.tasks.detection.config import DetectionConfig
-from trainer.tasks.detection.data import BoxCollate, BoxDataset, read_detection
+from trainer.tasks.detection.data import BoxCollate, BoxDataset, BoxSamples, read_detection
 from trainer.tasks.detection.evaluate import DetectionEval
 from trainer.tasks.detection.metrics import DetectionMetrics
 from trainer.tasks.detection.model import create_detector, detector_source, list_detectors, rebuild_detector
@@ -95,6 +95,14 @@ class Detection(Task):
         if not sum(len(b) for b in split.train.boxes):
             raise DataError(f"data.train: {cfg.data.train} has no boxes")
         return split.classes
+
+    def manifest(self, samples: BoxSamples, classes: list[str]) -> list[tuple[str, list[str] | None]]:
+        lines = []
+        for path, boxes, labels in zip(samples.images, samples.boxes, samples.labels, strict=True):
+            pairs = zip(boxes, labels, strict=True)
+            objects = ";".join(f"{classes[c]}:{','.join(f'{v:.1f}' for v in box)}" for box, c in pairs)
+            lines.append((f"{path}\t{objects}", sorted({classes[c] for c in labels})))
+        return lines
 
     def build_datasets(self, cfg, split: DataSplit, prep, encoded: bool = False):
         d = cfg.data

@@ -19,6 +19,7 @@ from trainer.tasks.segmentation.config import SegmentationConfig
 from trainer.tasks.segmentation.data import (
     MaskCollate,
     MaskDataset,
+    MaskSamples,
     check_class_indices,
     read_classes,
     read_maskfolder,
@@ -70,6 +71,9 @@ class Segmentation(Task):
         for samples in (train, val):
             check_class_indices(samples, classes)
         return DataSplit(train, val, classes)
+
+    def manifest(self, samples: MaskSamples, classes: list[str]) -> list[tuple[str, list[str] | None]]:
+        return [(f"{image}\t{mask}", None) for image, mask in zip(samples.images, samples.masks, strict=True)]
 
     def check_data(self, cfg) -> list[str]:
         split = self.read_data(cfg)
