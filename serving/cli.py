@@ -32,7 +32,7 @@ from serving.export.pipeline import export_run
 from serving.runtime.registry import backend_names, check_servable
 from serving.runtime.rundir import fetch_run_dir
 from trainer.components import checkpoint as ckpt
-from trainer.components.model_registry import is_model_uri, promote, register_export
+from trainer.components.model_registry import is_model_uri, model_version, promote, register_export
 from trainer.components.robustness import ATTACKS, list_corruptions
 from trainer.components.tracking import first_line
 from trainer.console import err, fail
@@ -203,8 +203,10 @@ def serve(
                      batch_wait_timeout_s=batch_wait_ms / 1000, score_threshold=score_threshold,
                      tracking_uri=tracking_uri)  # fmt: skip
     try:
-        local = fetch_run_dir(run_dir, tracking_uri) if is_model_uri(run_dir) else run_dir
-        check_servable(local, backend.value)
+        if is_model_uri(run_dir):  # a registered version must exist; the replica downloads it
+            model_version(run_dir, tracking_uri)
+        else:
+            check_servable(run_dir, backend.value)
     except VftError as exc:
         fail(str(exc), exc.exit_code)
     autoscaling = {"min_replicas": 1, "max_replicas": max_replicas} if max_replicas else None

@@ -37,9 +37,10 @@ def tune(
         cfg = load_config(config, overrides or [], name=name)
         sweep_space = load_space(space, cfg)
         # fail fast, before any cluster starts, on an unusable dataset (object storage: copied here)
-        get_task(cfg.task).check_data(cfg.with_data_paths(localize))
+        split = get_task(cfg.task).check_data(cfg.with_data_paths(localize))
         check_qat(cfg)
-        identity = datasets(cfg) if run_tracker(cfg).enabled else []  # ConfigError: tracking and storage
+        tracked = run_tracker(cfg).enabled  # ConfigError: tracking that cannot work with run.storage
+        identity = datasets(cfg, split) if tracked else []
     except VftError as exc:
         fail(str(exc), exc.exit_code)
     show_progress(quiet)

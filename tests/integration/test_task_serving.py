@@ -47,7 +47,9 @@ def png_bytes(image: Image.Image, fmt: str = "PNG") -> bytes:
 @pytest.fixture(scope="module")
 def exported_tasks(det_run, seg_run) -> dict[str, Path]:
     for run_dir, formats in ((det_run, "onnx"), (seg_run, "onnx,int8")):
-        result = vft("export", run_dir, "--format", formats, "--check", "--max-metric-drop", "0.05")
+        result = vft(
+            "export", run_dir, "--format", formats, "--check", "--max-metric-drop", "0.05", "--no-register"
+        )
         assert result.exit_code == 0, result.output
     return {"detection": det_run, "segmentation": seg_run}
 
@@ -63,7 +65,7 @@ def test_detection_export_matches_pytorch(exported_tasks):
 
 def test_detection_refuses_int8_clearly(exported_tasks, tmp_path):
     """Export, serve and eval: INT8 is not built for detectors, and each says so (exit 2)."""
-    result = vft("export", exported_tasks["detection"], "--format", "int8")
+    result = vft("export", exported_tasks["detection"], "--format", "int8", "--no-register")
     assert result.exit_code == 2
     assert "int8: not built: detection exports ONNX (FP32) only" in " ".join(result.output.split())
     for command in ("serve", "eval"):
@@ -262,7 +264,7 @@ def test_export_and_eval_score_with_the_runs_ignore_index(seg_ignore_run):
     meta = json.loads((seg_ignore_run / "best" / "meta.json").read_text())
     assert meta["segmentation"]["ignore_index"] == IGNORED
     trained = meta["metrics"]["val/miou"]
-    result = vft("export", seg_ignore_run, "--format", "onnx")
+    result = vft("export", seg_ignore_run, "--format", "onnx", "--no-register")
     assert result.exit_code == 0, result.output
     report = json.loads((seg_ignore_run / "export" / "report.json").read_text())
     assert report["torch"]["metric"] == "val/miou"

@@ -32,10 +32,10 @@ def train(
     try:
         cfg = load_config(config, overrides or [], name=name)
         # fail fast, before any cluster starts, on an unusable dataset (object storage: copied here)
-        get_task(cfg.task).check_data(cfg.with_data_paths(localize))
+        split = get_task(cfg.task).check_data(cfg.with_data_paths(localize))
         check_qat(cfg)
         tracker = run_tracker(cfg)
-        identity = datasets(cfg) if tracker.enabled else []
+        identity = datasets(cfg, split) if tracker.enabled else []
     except VftError as exc:
         fail(str(exc), exc.exit_code)
     logging.basicConfig(level=logging.WARNING)

@@ -5,7 +5,7 @@ The tracking URI is `track.uri`, else $MLFLOW_TRACKING_URI, else an embedded SQL
 the runs (`sqlite:///<run.storage>/mlflow.db`; MLflow 3 has no file store). A run's MLflow run id
 is kept in RUN_DIR/tracking.json, so a resumed run (and `vft export`) continues the same MLflow
 run. A tracking server that does not answer fails fast: two retries, 10 s per request, unless
-MLFLOW_HTTP_REQUEST_* say otherwise.
+MLFLOW_HTTP_REQUEST_* say otherwise; MLflow's own run-URL lines stay off the command's stdout.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ for _key, _value in {
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",  # stdout is the command's (summary, JSON)
 }.items():
     os.environ.setdefault(_key, _value)
 

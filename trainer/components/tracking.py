@@ -129,7 +129,7 @@ class Tracker:
                 done.set()
                 return
 
-    def _flush(self, backend: TrackBackend) -> bool:
+    def _flush(self, backend: TrackBackend) -> None:
         state = self.state[backend.name]
         try:
             if not state["started"]:
@@ -146,23 +146,23 @@ class Tracker:
                     soft_wrap=True,
                 )
                 state["warned"] = True
-            return False
-        return True
 
     def _end(self, backend: TrackBackend, status: str, files: dict[str, bytes]) -> None:
         state = self.state[backend.name]
         missed = sorted(e for e in self.records if e > state["logged"])
-        try:
-            if not state["started"] or missed:
-                raise RuntimeError("unreachable")
-            backend.finish(status, files)
-        except Exception as exc:  # noqa: BLE001 - a tracker never fails the run
-            what = f"epochs {missed[0]}-{missed[-1]}" if missed else "the end of the run"
-            err.print(
-                f"[yellow]tracking: {backend.name} at {backend.where} did not record {what} "
-                f"({first_line(exc)}); they are in {self.info.run_dir}/metrics.csv",
-                soft_wrap=True,
-            )
+        reason = "it did not answer"
+        if state["started"] and not missed:
+            try:
+                backend.finish(status, files)
+                return
+            except Exception as exc:  # noqa: BLE001 - a tracker never fails the run
+                reason = first_line(exc)
+        what = f"epochs {missed[0]}-{missed[-1]}" if missed else "the end of the run"
+        err.print(
+            f"[yellow]tracking: {backend.name} at {backend.where} did not record {what} ({reason}); "
+            f"the run's figures are in {self.info.run_dir}/metrics.csv",
+            soft_wrap=True,
+        )
 
 
 def first_line(exc: BaseException) -> str:

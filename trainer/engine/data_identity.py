@@ -11,16 +11,17 @@ from collections import Counter
 
 from trainer.components.remote_data import localize
 from trainer.config import VftConfig
-from trainer.tasks.base import get_task
+from trainer.tasks.base import DataSplit, get_task
 
 
-def datasets(cfg: VftConfig) -> list[dict]:
+def datasets(cfg: VftConfig, split: DataSplit | None = None) -> list[dict]:
     """The train and val splits as the workers read them: source, images, images per class
     (when the labels tell without decoding), a SHA-256 of the manifest (paths relative to the
-    dataset's folder, with their labels)."""
+    dataset's folder, with their labels). `split`: the data as the task read it already (the
+    commands' check_data), else read here."""
     task, d = get_task(cfg.task), cfg.data
     local = cfg.with_data_paths(localize)
-    split = task.read_data(local)
+    split = split or task.read_data(local)
     found = []
     for name, samples, source, root in (
         ("train", split.train, d.train, local.data.train),

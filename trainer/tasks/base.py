@@ -87,8 +87,9 @@ class Task:
     def read_data(self, cfg: VftConfig) -> DataSplit:
         raise NotImplementedError
 
-    def check_data(self, cfg: VftConfig) -> list[str]:
-        """Read the dataset as the workers will (DataError naming the file on bad input)."""
+    def check_data(self, cfg: VftConfig) -> DataSplit:
+        """Read the dataset as the workers will (DataError naming the file on bad input); the
+        split it read."""
         raise NotImplementedError
 
     def build_datasets(

@@ -41,10 +41,10 @@ class Classification(Task):
         d = cfg.data
         return DataSplit(*read_split(d.train, d.val, d.format, d.val_fraction, d.split_seed, d.multilabel))
 
-    def check_data(self, cfg) -> list[str]:
+    def check_data(self, cfg) -> DataSplit:
         split = self.read_data(cfg)
         check_split(split.train, split.val, split.classes, cfg.data.train)
-        return split.classes
+        return split
 
     def manifest(self, samples: Samples, classes: list[str]) -> list[tuple[str, list[str] | None]]:
         pairs = zip(samples.paths, samples.labels, strict=True)

@@ -90,11 +90,11 @@ class Detection(Task):
             train, val = split_samples(train, d.val_fraction, d.split_seed)
         return DataSplit(train, val, train.classes)
 
-    def check_data(self, cfg) -> list[str]:
+    def check_data(self, cfg) -> DataSplit:
         split = self.read_data(cfg)
         if not sum(len(b) for b in split.train.boxes):
             raise DataError(f"data.train: {cfg.data.train} has no boxes")
-        return split.classes
+        return split
 
     def manifest(self, samples: BoxSamples, classes: list[str]) -> list[tuple[str, list[str] | None]]:
         lines = []

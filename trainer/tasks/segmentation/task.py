@@ -75,14 +75,14 @@ class Segmentation(Task):
     def manifest(self, samples: MaskSamples, classes: list[str]) -> list[tuple[str, list[str] | None]]:
         return [(f"{image}\t{mask}", None) for image, mask in zip(samples.images, samples.masks, strict=True)]
 
-    def check_data(self, cfg) -> list[str]:
+    def check_data(self, cfg) -> DataSplit:
         split = self.read_data(cfg)
         n, train = len(split.classes), cfg.data.train
         if n < 2:
             raise DataError(f"data.train: {train} has {n} class(es); at least 2 are needed")
         if cfg.loss.name == "bce_dice" and n != 2:
             raise DataError(f"loss.name: bce_dice is binary; {train} has {n} classes")
-        return split.classes
+        return split
 
     def build_datasets(self, cfg, split: DataSplit, prep, encoded: bool = False):
         d = cfg.data
