@@ -65,9 +65,16 @@ lint: venv
 # less per process that imports the trainer.
 COMPILE := $(BIN)/python -m compileall -q trainer tuner serving > /dev/null
 
+# The unit tests run in a second pytest process beside the integration tests, in the CPU time
+# those leave idle (waiting for clusters, servers and subprocesses: a third of it on 2 cores);
+# their report follows the integration tests', and either failing fails the target.
+UNIT_LOG := $(VENV)/unit-tests.log
 test: venv lint tools
 	$(COMPILE)
-	$(BIN)/pytest -q --durations=25
+	$(BIN)/pytest -q -p no:cacheprovider -m "not integration" > $(UNIT_LOG) 2>&1 & unit=$$!; \
+	$(BIN)/pytest -q -m integration --durations=25; integration=$$?; \
+	wait $$unit; units=$$?; echo "--- unit tests (tests/unit/)"; cat $(UNIT_LOG); \
+	test $$integration -eq 0 -a $$units -eq 0
 
 # tests/unit/ only: no Ray cluster, helm, servers or training runs (about 2 minutes on 2 cores)
 test-fast: venv lint
