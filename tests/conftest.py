@@ -9,7 +9,10 @@ calls `ray.init` fails."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,19 @@ ROOT = Path(__file__).resolve().parents[1]
 UNIT = ROOT / "tests" / "unit"
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+# Nothing is downloaded: the Hugging Face hub and datasets caches are this session's own folders,
+# which the tests fill (tests/hf_tools.py), and a miss is an error, not a download. Set before
+# anything imports huggingface_hub (which reads them once); the Ray cluster's workers inherit them.
+_HF_HOME = Path(tempfile.mkdtemp(prefix="vft-tests-hf-"))
+atexit.register(shutil.rmtree, _HF_HOME, ignore_errors=True)
+os.environ.update(
+    HF_HUB_OFFLINE="1",
+    HF_HOME=str(_HF_HOME),
+    HF_HUB_CACHE=str(_HF_HOME / "hub"),
+    HF_DATASETS_CACHE=str(_HF_HOME / "datasets"),
+    HF_HUB_DISABLE_PROGRESS_BARS="1",
+    HF_DATASETS_DISABLE_PROGRESS_BARS="1",
+)
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker

@@ -27,7 +27,9 @@ from trainer import registry
 from trainer.errors import ConfigError
 
 
-class _Strict(BaseModel):
+class Section(BaseModel):
+    """A config section: unknown keys are errors, assignments are validated."""
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
@@ -46,10 +48,12 @@ def check_name(kind: str, name: str, choices: list[str]) -> str:
     raise ValueError(f"unknown {singular} '{name}'; allowed: {allowed}")
 
 
-class ModelConfig(_Strict):
+class ModelConfig(Section):
     """What every task's model section has; each task adds its own fields and checks the name."""
 
-    source: Literal["auto", "timm", "torchvision"] = "auto"
+    source: Literal["auto", "timm", "torchvision", "hf"] = Field(
+        "auto", description="hf: a transformers model (model.name a Hub id or save_pretrained folder)"
+    )
     name: str = "resnet18"
     weights: str = Field("none", description="none | hub | path to .safetensors/.pth | previous RUN_DIR")
 
@@ -66,7 +70,7 @@ class ModelConfig(_Strict):
         return str(path.resolve())
 
 
-class AugmentConfig(_Strict):
+class AugmentConfig(Section):
     """Geometric and colour augmentation every task's joint transforms apply."""
 
     hflip: float = Field(0.5, ge=0.0, le=1.0)
@@ -89,7 +93,7 @@ class CropAugmentConfig(AugmentConfig):
         return value
 
 
-class DataConfig(_Strict):
+class DataConfig(Section):
     """What every task's data section has; each task narrows `format` and adds its fields."""
 
     train: str = Field(description="the training set (a path; its layout depends on data.format)")
@@ -120,6 +124,8 @@ class DataConfig(_Strict):
     def _exists(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None or not local_paths(info) or ("://" in value and not value.startswith("file://")):
             return value  # object storage (s3://, gs://) is listed when the data is read
+        if value.startswith("hf:"):
+            return value  # a Hugging Face Hub dataset: loaded (or found in its cache) when read
         path = Path(value).expanduser()
         if not path.exists():
             raise ValueError(f"path '{value}' does not exist")
@@ -137,7 +143,7 @@ class ImageInputDataConfig(DataConfig):
     augment: CropAugmentConfig = CropAugmentConfig()
 
 
-class UnfreezeStage(_Strict):
+class UnfreezeStage(Section):
     epoch: int = Field(ge=1, description="epoch (0-based) at which this stage starts")
     blocks: int | Literal["all"] = Field(description="how many more blocks to unfreeze, top first")
     lr_mult: float = Field(1.0, gt=0.0)
@@ -150,7 +156,7 @@ class UnfreezeStage(_Strict):
         return value
 
 
-class LoraSection(_Strict):
+class LoraSection(Section):
     """Low-rank adapters (strategy 'lora'); the head always trains in full."""
 
     rank: int = Field(8, ge=1)
@@ -163,7 +169,7 @@ class LoraSection(_Strict):
     )
 
 
-class FinetuneConfig(_Strict):
+class FinetuneConfig(Section):
     strategy: Literal["full", "linear_probe", "gradual", "lora"] = "full"
     unfreeze: list[UnfreezeStage] = Field([], validate_default=True)
     layer_decay: float | None = Field(None, gt=0.0, le=1.0)
@@ -196,7 +202,7 @@ class FinetuneConfig(_Strict):
         return lora
 
 
-class OptimConfig(_Strict):
+class OptimConfig(Section):
     name: str = "adamw"
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(0.05, ge=0.0)
@@ -211,7 +217,7 @@ class OptimConfig(_Strict):
         return check_name("optimizers", value, registry.list_optimizers())
 
 
-class ScheduleConfig(_Strict):
+class ScheduleConfig(Section):
     name: str = "cosine"
     warmup_epochs: float = Field(0.0, ge=0.0)
     warmup_steps: int = Field(0, ge=0, description="overrides warmup_epochs when > 0")
@@ -231,24 +237,24 @@ class ScheduleConfig(_Strict):
         return check_name("schedulers", value, registry.list_schedulers())
 
 
-class LossConfig(_Strict):
+class LossConfig(Section):
     """`name` is checked by each task against the losses it can train with."""
 
     name: str = "auto"
 
 
-class EarlyStoppingConfig(_Strict):
+class EarlyStoppingConfig(Section):
     enabled: bool = False
     patience: int = Field(5, ge=1)
     min_delta: float = Field(0.0, ge=0.0)
 
 
-class EmaConfig(_Strict):
+class EmaConfig(Section):
     enabled: bool = False
     decay: float = Field(0.9998, gt=0.0, lt=1.0)
 
 
-class TrainConfig(_Strict):
+class TrainConfig(Section):
     epochs: int = Field(10, ge=1)
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     channels_last: bool = False
@@ -263,7 +269,7 @@ class TrainConfig(_Strict):
     seed: int = 0
 
 
-class QatSection(_Strict):
+class QatSection(Section):
     """Quantization-aware training: the last `epochs` epochs train with int8 fake quantization
     (PyTorch 2 export QAT through torchao), so `vft export --format int8` writes the learned
     scales instead of calibrating."""
@@ -282,21 +288,21 @@ class QatSection(_Strict):
     )
 
 
-class ScalingSection(_Strict):
+class ScalingSection(Section):
     num_workers: int = Field(2, ge=1)
     use_gpu: bool | Literal["auto"] = "auto"
     cpus_per_worker: float = Field(1.0, gt=0.0)
     gpus_per_worker: float = Field(1.0, gt=0.0)
 
 
-class RunSection(_Strict):
+class RunSection(Section):
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     storage: str = "runs"
     keep_checkpoints: int = Field(2, ge=1)
     max_failures: int = Field(0, ge=-1)
 
 
-class TrackSection(_Strict):
+class TrackSection(Section):
     """Experiment tracking from the driver (`trainer/components/tracking.py`)."""
 
     backend: list[Literal["mlflow", "tensorboard", "none"]] = Field(
@@ -327,7 +333,7 @@ class TrackSection(_Strict):
         return [b for b in self.backend if b != "none"]
 
 
-class VftConfig(_Strict):
+class VftConfig(Section):
     """The sections every task shares. Each task subclasses it in its own folder
     (`trainer/tasks/<task>/config.py`) with `task: Literal["<task>"]` and its own model, data,
     loss and train sections; `build_config` picks the subclass by `task` (a discriminated

@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from trainer import registry
+from trainer.components import hf_models
 from trainer.config import load_config, to_yaml
 from trainer.console import fail, out
 from trainer.errors import VftError
@@ -35,14 +36,28 @@ def validate(
     out.print(to_yaml(cfg), highlight=False, end="")
 
 
-def list_components(what: Listing, pattern: Annotated[str | None, typer.Argument()] = None) -> None:
-    """List registered names: models (timm and torchvision, per task), optimizers, schedulers, losses,
-    tasks."""
+class ModelSource(str, Enum):
+    timm = "timm"
+    torchvision = "torchvision"
+    hf = "hf"
+
+
+def list_components(
+    what: Listing,
+    pattern: Annotated[str | None, typer.Argument()] = None,
+    source: Annotated[ModelSource | None, typer.Option(help="models of one source only")] = None,
+) -> None:
+    """List registered names: models (timm and torchvision, per task; `--source hf` names the
+    transformers model types that work), optimizers, schedulers, losses, tasks."""
+    if what == Listing.models and source == ModelSource.hf:
+        _explain_hf()
+        return
     if what == Listing.models:
         rows = [
-            (name, task, source)
+            (name, task, sources)
             for task in registry.list_tasks()
-            for name, source in get_task(task).model_names(pattern)
+            for name, sources in get_task(task).model_names(pattern)
+            if source is None or source.value in sources.split(", ")
         ]
         table = Table("model", "task", "source")
         for row in rows:
@@ -53,3 +68,13 @@ def list_components(what: Listing, pattern: Annotated[str | None, typer.Argument
     names = getattr(registry, f"list_{what.value}")(pattern)
     for name in names:
         out.print(name, highlight=False)
+
+
+def _explain_hf() -> None:
+    out.print(
+        "model.source: hf takes any Hugging Face Hub id (org/name) or save_pretrained directory "
+        "whose config's model type is one of these:",
+        highlight=False,
+    )
+    for kind in hf_models.KINDS:
+        out.print(f"  {kind}: {', '.join(hf_models.supported_types(kind))}", highlight=False, soft_wrap=True)

@@ -48,11 +48,14 @@ def decoded(path: str, image: Image.Image) -> Encoded:
     return Encoded(path, np.ascontiguousarray(np.asarray(image).transpose(2, 0, 1)))
 
 
-def read_encoded(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Encoded:
-    """The file's bytes after the header checks of `open_image` (format, pixel bound); files
-    that are not RGB or grey JPEGs are decoded here instead."""
+def read_encoded(
+    path: str, max_pixels: int = DEFAULT_MAX_PIXELS, source: str | bytes | None = None
+) -> Encoded:
+    """The file's bytes (or `source`'s: the encoded image a dataset row holds) after the header
+    checks of `open_image` (format, pixel bound); images that are not RGB or grey JPEGs are
+    decoded here instead."""
     try:
-        raw = Path(path).read_bytes()
+        raw = source if isinstance(source, bytes) else Path(path).read_bytes()
     except OSError as exc:
         raise BadImageError(f"{path}: cannot read ({exc.strerror or exc})") from None
     with checked_image(raw, max_pixels, name=path) as img:

@@ -5,7 +5,9 @@ while its block is frozen.
 
 A model is seen as a head (the classifier) and blocks ordered bottom (stem) to top. timm
 models use their own `group_matcher` (coarse stages for freezing, fine layers for layer
-decay); torchvision models are split structurally along their trunk.
+decay); `transformers` models (source hf) by their largest layer list (a ViT's encoder layers,
+a Swin's or ConvNeXt's stages, SegFormer's blocks); torchvision models are split structurally
+along their trunk.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ def param_layout(built: BuiltModel) -> ParamLayout:
     if built.source == "timm" and hasattr(model, "group_matcher"):
         blocks = _timm_groups(model, coarse=True)
         fine = _timm_groups(model, coarse=False)
+    elif built.source == "hf":
+        blocks = fine = _layer_list_groups(model)
     else:
         blocks = fine = _structural_groups(model)
     out = set(head) | frozen
@@ -91,6 +95,23 @@ def _trunk_prefixes(module: nn.Module, prefix: str = "") -> list[str]:
         inner = _trunk_prefixes(child, full + ".") if dominant else []
         out += inner if len(inner) >= 4 else [full]
     return out
+
+
+def _layer_list_groups(model: nn.Module) -> list[list[str]]:
+    """The stem (what comes before), each entry of the model's largest ModuleList, then what
+    follows (a final norm, a decoder): how `transformers` models hold their layers or stages."""
+    lists = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) >= 2]
+    if not lists:
+        return _structural_groups(model)
+    prefix, layers = max(lists, key=lambda item: _count(item[1]))
+    starts = [f"{prefix}.{i}" for i in range(len(layers))]
+    groups: list[list[str]] = [[] for _ in range(len(starts) + 2)]
+    after = False
+    for name, _ in model.named_parameters():
+        index = next((i for i, start in enumerate(starts) if _in_any(name, [start])), None)
+        after = after or index is not None
+        groups[index + 1 if index is not None else (-1 if after else 0)].append(name)
+    return [group for group in groups if group]
 
 
 def _structural_groups(model: nn.Module) -> list[list[str]]:

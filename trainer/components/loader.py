@@ -44,7 +44,8 @@ class JointDataset(Dataset):
         annotations are in its pixels)."""
         self.cache = RamCache()
         paths = {i: self.samples.images[i] for i in indices}
-        self.cache.fill(paths, lambda path: open_image(path, self.max_pixels), None, self.skip_bad, threads)
+        load = lambda i: open_image(paths[i], self.max_pixels)  # noqa: E731
+        self.cache.fill(paths, load, None, self.skip_bad, threads)
 
     def __getitem__(self, i: int):
         path = self.samples.images[i]

@@ -1,4 +1,5 @@
-"""Models by registered name: every timm model and every torchvision classification model.
+"""Models by registered name: every timm model, every torchvision classification model, and
+`transformers` image classifiers by Hub id or `save_pretrained` directory (source `hf`).
 
 Weights come from `none`, `hub` (timm's pretrained tag through the Hugging Face hub, or the
 torchvision weights enum through torch.hub's cache), a local .safetensors/.pth file, or a
@@ -21,6 +22,7 @@ import torch
 import torchvision.models as tvm
 from torch import nn
 
+from trainer.components import hf_models
 from trainer.errors import WeightsError
 from trainer.registry import filter_names
 
@@ -35,6 +37,7 @@ class BuiltModel:
     head: tuple[str, ...]
     data_defaults: dict = field(default_factory=dict)
     frozen: tuple[str, ...] = ()  # parameters the builder froze (detectors' trainable_backbone_layers)
+    extra: dict = field(default_factory=dict)  # more fields for meta.json's model section
 
 
 @cache
@@ -56,11 +59,14 @@ def model_sources(name: str) -> list[str]:
 
 
 def resolve_source(name: str, source: str = "auto") -> str | None:
-    """Which library builds `name`: timm first when both do (`source` forces one)."""
+    """Which library builds `name`: timm first when both do (`source` forces one); a Hub id or
+    a `save_pretrained` directory is `hf` under `auto` too."""
     if source in ("auto", "timm") and timm.is_model(name):
         return "timm"
     if source in ("auto", "torchvision") and name in _torchvision_names():
         return "torchvision"
+    if source in ("auto", "hf") and hf_models.looks_like_hf(name):
+        return "hf"
     return None
 
 
@@ -81,14 +87,41 @@ def create_model(
         raise ValueError(f"unknown model '{name}' (source {source}); see `vft ls models`")
     if resolved == "timm":
         built = _build_timm(name, num_classes, weights == "hub", drop_rate, drop_path_rate, img_size)
+    elif resolved == "hf":
+        built = build_hf(name, "classification", num_classes, weights == "hub", drop_rate, drop_path_rate)
     else:
         built = _build_torchvision(name, num_classes, weights == "hub", drop_rate, drop_path_rate)
     if weights not in ("none", "hub"):
-        state = read_weights(weights, expect_model=name)
-        if resolved == "timm":
-            state = resample_to_model(built.module, state, built.head)
-        load_weights(built.module, state, built.head)
+        load_file_weights(built, weights)
     return built
+
+
+def build_hf(
+    name: str,
+    kind: str,
+    num_classes: int,
+    pretrained: bool,
+    drop_rate: float = 0.0,
+    drop_path_rate: float = 0.0,
+) -> BuiltModel:
+    """A `transformers` model for task `kind` (classification or segmentation); its head is
+    the last layer giving `num_classes` outputs."""
+    module, defaults, extra = hf_models.build_hf(
+        name, kind, num_classes, pretrained, drop_rate, drop_path_rate
+    )
+    head = ("model." + _last_classifier(module.model, num_classes),)
+    return BuiltModel(module, name, "hf", head, defaults, extra=extra)
+
+
+def load_file_weights(built: BuiltModel, weights: str) -> None:
+    """Weights from a file or RUN_DIR into a built model: resampled to a timm model's input
+    size; a `transformers` checkpoint's own keys (no `model.` prefix) fit an `hf` model."""
+    state = read_weights(weights, expect_model=built.name)
+    if built.source == "timm":
+        state = resample_to_model(built.module, state, built.head)
+    if built.source == "hf" and not any(k.startswith("model.") for k in state):
+        state = {f"model.{k}": v for k, v in state.items()}
+    load_weights(built.module, state, built.head)
 
 
 def resample_to_model(model: nn.Module, state: dict[str, torch.Tensor], head: tuple[str, ...]) -> dict:
@@ -304,7 +337,10 @@ def input_size_error(name: str, source: str, size: int) -> str | None:
     for that size and run once on the meta device (shapes only, no memory, no compute)."""
     try:
         with torch.device("meta"):
-            if resolve_source(name, source) == "timm":
+            resolved = resolve_source(name, source)
+            if resolved == "hf":
+                model = build_hf(name, "classification", 2, pretrained=False).module
+            elif resolved == "timm":
                 model = timm.create_model(name, pretrained=False, num_classes=2, **size_kwargs(name, size))
             else:
                 model = tvm.get_model(name, weights=None, num_classes=2)

@@ -40,25 +40,25 @@ class RamCache:
     def fill(
         self,
         paths: dict[int, str],
-        load: Callable[[str], Image.Image],
+        load: Callable[[int], Image.Image],
         min_side: int | None,
         skip_bad: bool,
         threads: int,
     ) -> None:
-        """Decode `paths` with `load` (Pillow releases the GIL: one thread per loader process),
-        each downscaled so its shorter side is at most `min_side`."""
+        """Decode the images `paths` names with `load(index)` (Pillow releases the GIL: one
+        thread per loader process), each downscaled so its shorter side is at most `min_side`."""
         check_fits(list(paths.values()), min_side)
 
-        def one(path: str) -> np.ndarray | None:
+        def one(index: int) -> np.ndarray | None:
             try:
-                return shrink(load(path), min_side)
+                return shrink(load(index), min_side)
             except BadImageError:
                 if skip_bad:
                     return None
                 raise
 
         with ThreadPoolExecutor(max(1, threads)) as pool:
-            self.images.update(zip(paths, pool.map(one, paths.values()), strict=True))
+            self.images.update(zip(paths, pool.map(one, paths), strict=True))
 
 
 def shrink(image: Image.Image, min_side: int | None) -> np.ndarray:

@@ -24,6 +24,7 @@ def model_meta(job: Job, metrics: dict, epoch: int) -> dict:
         "name": job.built.name,
         "source": job.built.source,
         "head": list(job.built.head),
+        **job.built.extra,
         **fields.pop("model", {}),
         "weights": c.model.weights,
         "ema": c.train.ema.enabled,

@@ -50,6 +50,14 @@ def test_ls_lists_registered_names():
     assert {"sgd", "adam", "adamw", "lamb"} <= set(optimizers)
     schedulers = CliRunner().invoke(app, ["ls", "schedulers"]).stdout.split()
     assert set(schedulers) == {"constant", "cosine", "cyclic", "multistep", "onecycle", "plateau", "step"}
+    torchvision_only = CliRunner().invoke(app, ["ls", "models", "resnet1[08]", "--source", "torchvision"])
+    rows = [line for line in torchvision_only.stdout.splitlines() if " resnet1" in line]
+    assert rows and all("torchvision" in row for row in rows)
+    assert not any(" resnet10t " in row for row in rows)  # timm's alone
+    hf = CliRunner().invoke(app, ["ls", "models", "--source", "hf"])
+    assert hf.exit_code == 0 and "Hub id" in hf.stdout
+    lines = {line.split(":")[0].strip(): line for line in hf.stdout.splitlines() if ":" in line}
+    assert " vit," in lines["classification"] and "segformer" in lines["segmentation"]
 
 
 def test_errors_print_paths_and_hints_with_brackets_verbatim(tmp_path):

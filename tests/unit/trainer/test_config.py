@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hf_tools import digits_parquet, hub_snapshot, tiny_vit
 
 from trainer.components import synthetic as generate
 from trainer.config import build_config, load_config, merge, parse_overrides, save_config
@@ -286,8 +287,12 @@ def test_shipped_config_validates(config, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     raw = yaml.safe_load(config.read_text())
     data = raw.get("data") or {}
+    overrides = []
+    if str(data.get("train")).startswith("hf:"):  # a Hub model and dataset: made here, offline
+        overrides = hub_sources(raw, tmp_path)
+        data = {}
     paths = [data[key] for key in ("train", "val") if data.get(key)]
-    assert paths, f"{config.name}: no data.train"
+    assert paths or overrides, f"{config.name}: no data.train"
     made = set()
     for path in paths:
         root, kind = _dataset_root(path)
@@ -301,9 +306,19 @@ def test_shipped_config_validates(config, tmp_path, monkeypatch):
             pytest.fail(f"{config.name}: '{path}' is not produced by the {kind} generator at {root}")
     weights = (raw.get("model") or {}).get("weights", "none")
     assert weights in ("none", "hub"), f"{config.name}: model.weights '{weights}' needs a file the test lacks"
-    cfg = load_config(config)
+    cfg = load_config(config, overrides)
     assert cfg.run.name == config.stem
     assert Path(cfg.data.train).is_absolute()
+
+
+def hub_sources(raw: dict, tmp_path: Path) -> list[str]:
+    """For a config naming a Hugging Face model by Hub id: a tiny model of that architecture in
+    the session's hub cache under that id (as a download leaves it); its Hub dataset replaced by
+    the digits as local Parquet shards (the override returned)."""
+    model = raw["model"]
+    assert model.get("source") == "hf", "an hf: dataset is shipped with an hf model"
+    hub_snapshot(model["name"], tiny_vit(tmp_path / "model"))
+    return [f"data.train={digits_parquet(tmp_path / 'data', n=40)}"]
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)

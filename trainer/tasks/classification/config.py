@@ -9,6 +9,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from trainer.components import hf_models
 from trainer.components.lora import check_targets
 from trainer.components.models import input_size_error, list_models, nearest_input_sizes, resolve_source
 from trainer.config import (
@@ -17,9 +18,11 @@ from trainer.config import (
     ImageInputDataConfig,
     LossConfig,
     ModelConfig,
+    Section,
     TrainConfig,
     VftConfig,
     check_name,
+    local_paths,
 )
 from trainer.tasks.classification.metrics import ROBUST_METRIC, metric_names
 
@@ -34,6 +37,9 @@ class ClassificationModel(ModelConfig):
     @classmethod
     def _known_model(cls, name: str, info: ValidationInfo) -> str:
         source = info.data.get("source", "auto")
+        if source == "hf" or resolve_source(name, source) == "hf":
+            # the driver reads its config (a Hub download, or the folder); workers trust it
+            return hf_models.checked_name(name, "classification") if local_paths(info) else name
         if resolve_source(name, source) is None:
             where = "timm or torchvision" if source == "auto" else source
             close = difflib.get_close_matches(name, list_models(source=source), n=5)
@@ -51,9 +57,27 @@ class ClassificationAugment(CropAugmentConfig):
     cutmix_alpha: float = Field(0.0, ge=0.0)
 
 
+class HfDataSection(Section):
+    """Which part of a Hugging Face dataset (`data.format: hf`) to read."""
+
+    config: str | None = Field(None, description="the dataset's configuration (load_dataset's name)")
+    split: str = Field("train", description="the training split")
+    val_split: str | None = Field(
+        None,
+        description="the validation split (of data.val when set, else of data.train); unset: "
+        "data.val's validation or test split, or a seeded stratified split of the training split",
+    )
+    image_column: str | None = Field(None, description="unset: the first Image feature")
+    label_column: str | None = Field(None, description="unset: the first ClassLabel feature, else 'label'")
+
+
 class ClassificationData(ImageInputDataConfig):
-    train: str = Field(description="ImageFolder directory or CSV manifest (path,label)")
-    format: Literal["auto", "imagefolder", "csv"] = "auto"
+    train: str = Field(
+        description="ImageFolder directory, CSV manifest (path,label), or Hugging Face dataset "
+        "(hf:<hub id>, a save_to_disk folder or a folder of Parquet/Arrow shards)"
+    )
+    format: Literal["auto", "imagefolder", "csv", "hf"] = "auto"
+    hf: HfDataSection = HfDataSection()
     augment: ClassificationAugment = ClassificationAugment()
     balanced_sampling: bool = False
     multilabel: bool = False

@@ -1,5 +1,6 @@
-"""Classification data: ImageFolder trees and CSV manifests by registered format, a stratified
-seeded split, the decoding dataset and the collate function (with MixUp/CutMix)."""
+"""Classification data: ImageFolder trees, CSV manifests and Hugging Face datasets by registered
+format, a stratified seeded split, the decoding dataset and the collate function (with
+MixUp/CutMix)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from trainer.components import hf_data
 from trainer.components.device_decode import decoded, read_encoded
 from trainer.components.images import DEFAULT_MAX_PIXELS, BadImageError, open_image
 from trainer.components.ram_cache import RamCache
@@ -22,14 +24,17 @@ from trainer.registry import DATASET_FORMATS
 
 @dataclass
 class Samples:
-    paths: list[str]
+    paths: list[str]  # files, or the names of dataset rows (`images` reads those)
     labels: list[list[str]]  # one label per sample, or several for multilabel
+    images: hf_data.RowImages | None = None  # images held in a dataset's rows
+    rows: list[int] | None = None  # each sample's row in `images`
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def subset(self, idx) -> Samples:
-        return Samples([self.paths[i] for i in idx], [self.labels[i] for i in idx])
+        rows = [self.rows[i] for i in idx] if self.rows is not None else None
+        return Samples([self.paths[i] for i in idx], [self.labels[i] for i in idx], self.images, rows)
 
 
 # ----------------------------------------------------------------------------- formats
@@ -82,9 +87,21 @@ def read_csv_manifest(manifest: str | Path) -> Samples:
     return Samples(paths, labels)
 
 
+@DATASET_FORMATS.register("hf")
+def read_hf(
+    source: str, split: str | None = "train", options: hf_data.HfOptions = hf_data.HfOptions()
+) -> Samples:
+    """A Hugging Face dataset's split: an image column and a label column (ClassLabel names,
+    or the values; a list of them is multilabel)."""
+    names, labels, images = hf_data.read_rows(source, split, options)
+    return Samples(names, labels, images, list(range(len(names))))
+
+
 def detect_format(path: str | Path, fmt: str = "auto") -> str:
     if fmt != "auto":
         return fmt
+    if hf_data.is_hf_dataset(str(path)):
+        return "hf"
     return "csv" if Path(path).suffix.lower() == ".csv" else "imagefolder"
 
 
@@ -129,6 +146,7 @@ class ImageDataset(Dataset):
         if unknown:
             raise DataError(f"labels not among the training classes: {', '.join(unknown[:10])}")
         self.paths = samples.paths
+        self.images, self.rows = samples.images, samples.rows
         self.multilabel = multilabel
         self.num_classes = len(classes)
         self.targets = [[index[lab] for lab in labels] for labels in samples.labels]
@@ -143,12 +161,17 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
+    def source(self, i: int) -> str | bytes:
+        """Sample `i`'s file, or its encoded image when a dataset's row holds it."""
+        return self.paths[i] if self.images is None else self.images.read(self.rows[i], self.paths[i])
+
+    def open(self, i: int):
+        return open_image(self.source(i), self.max_pixels, name=self.paths[i], min_side=self.min_side)
+
     def cache_images(self, indices: list[int], threads: int) -> None:
         """`data.cache: ram`: decode `indices` once and keep them, downscaled to `min_side`."""
         self.cache = RamCache()
-        paths = {i: self.paths[i] for i in indices}
-        decode = lambda path: open_image(path, self.max_pixels, min_side=self.min_side)  # noqa: E731
-        self.cache.fill(paths, decode, self.min_side, self.skip_bad, threads)
+        self.cache.fill({i: self.paths[i] for i in indices}, self.open, self.min_side, self.skip_bad, threads)
 
     def target(self, i: int):
         if self.multilabel:
@@ -165,9 +188,9 @@ class ImageDataset(Dataset):
                 if img is None:
                     return None  # a bad image, skipped when the cache was filled
             elif self.encoded:
-                return read_encoded(path, self.max_pixels), self.target(i)
+                return read_encoded(path, self.max_pixels, self.source(i)), self.target(i)
             else:
-                img = open_image(path, self.max_pixels, min_side=self.min_side)
+                img = self.open(i)
         except BadImageError:
             if self.skip_bad:
                 return None
@@ -194,11 +217,24 @@ class Collate:
 
 
 def read_split(
-    train: str, val: str | None, fmt: str, val_fraction: float, seed: int, multilabel: bool
+    train: str,
+    val: str | None,
+    fmt: str,
+    val_fraction: float,
+    seed: int,
+    multilabel: bool,
+    hf: hf_data.HfOptions | None = None,
+    hf_val_split: str | None = None,
 ) -> tuple[Samples, Samples, list[str]]:
-    """Train and val samples and the classes; without `val`, a seeded split of `train`
-    (stratified by class unless multilabel)."""
-    train_samples = read_samples(train, fmt)
+    """Train and val samples and the classes; without `val` (or, for a Hugging Face dataset,
+    `hf_val_split`), a seeded split of `train` (stratified by class unless multilabel)."""
+    if detect_format(train, fmt) == "hf":
+        hf = hf or hf_data.HfOptions()
+        train_samples = read_hf(train, hf.split or "train", hf)
+        if val or hf_val_split:
+            return train_samples, read_hf(val or train, hf_val_split, hf), class_names(train_samples)
+    else:
+        train_samples = read_samples(train, fmt)
     if val:
         val_samples = read_samples(val, fmt)
     else:

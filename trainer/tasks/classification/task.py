@@ -7,6 +7,8 @@ import torch
 
 from trainer.components.deploy import OnnxGraph, Thresholds
 from trainer.components.device_decode import BatchTransform
+from trainer.components.hf_data import HfOptions
+from trainer.components.hf_models import rebuild_hf
 from trainer.components.losses import OutputLoss, create_loss
 from trainer.components.models import BuiltModel, create_model, list_models, model_sources
 from trainer.components.parity import logits_failures, logits_parity
@@ -38,8 +40,12 @@ class Classification(Task):
     device_decoding = True
 
     def read_data(self, cfg) -> DataSplit:
-        d = cfg.data
-        return DataSplit(*read_split(d.train, d.val, d.format, d.val_fraction, d.split_seed, d.multilabel))
+        d, h = cfg.data, cfg.data.hf
+        options = HfOptions(h.config, h.split, h.image_column, h.label_column)
+        split = read_split(
+            d.train, d.val, d.format, d.val_fraction, d.split_seed, d.multilabel, options, h.val_split
+        )
+        return DataSplit(*split)
 
     def check_data(self, cfg) -> DataSplit:
         split = self.read_data(cfg)
@@ -134,6 +140,8 @@ class Classification(Task):
 
     def rebuild_model(self, meta: dict) -> torch.nn.Module:
         m = meta["model"]
+        if m["source"] == "hf":
+            return rebuild_hf(m, "classification", meta["classes"])
         return create_model(
             m["name"], meta["num_classes"], m["source"], "none", img_size=m.get("img_size")
         ).module

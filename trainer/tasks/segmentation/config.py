@@ -7,7 +7,8 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from trainer.config import ImageInputDataConfig, LossConfig, ModelConfig, VftConfig, check_name
+from trainer.components import hf_models
+from trainer.config import ImageInputDataConfig, LossConfig, ModelConfig, VftConfig, check_name, local_paths
 from trainer.tasks.segmentation.metrics import segmentation_metric_names
 from trainer.tasks.segmentation.model import has_aux_head, segmenter_source
 
@@ -21,10 +22,15 @@ class SegmentationModel(ModelConfig):
     @field_validator("name")
     @classmethod
     def _known_segmenter(cls, name: str, info: ValidationInfo) -> str:
-        if segmenter_source(name, info.data.get("source", "auto")) is None:
+        source = info.data.get("source", "auto")
+        if source == "hf" or segmenter_source(name, source) == "hf":
+            # the driver reads its config (a Hub download, or the folder); workers trust it
+            return hf_models.checked_name(name, "segmentation") if local_paths(info) else name
+        if segmenter_source(name, source) is None:
             raise ValueError(
                 f"'{name}' is not a segmentation model (torchvision deeplabv3_*, fcn_*, "
-                "lraspp_mobilenet_v3_large, or unet_<timm encoder>)"
+                "lraspp_mobilenet_v3_large, unet_<timm encoder>, or a transformers segmenter "
+                "with model.source hf)"
             )
         return name
 

@@ -1,5 +1,6 @@
-"""Segmentation models by name: torchvision's DeepLabV3, FCN and LRASPP, and `unet_<encoder>`,
-a small U-Net decoder over any timm encoder (`features_only`).
+"""Segmentation models by name: torchvision's DeepLabV3, FCN and LRASPP, `unet_<encoder>`, a
+small U-Net decoder over any timm encoder (`features_only`), and `transformers` semantic
+segmenters (SegFormer, ...) by Hub id or `save_pretrained` directory (source `hf`).
 
 Models return per-pixel class logits (N, C, H, W) at the input size; torchvision's models
 return their dict (`out`, and `aux` with `model.aux_loss`), read by `seg_logits`. Their state
@@ -14,11 +15,13 @@ import torch.nn.functional as F
 import torchvision.models as tvm
 from torch import nn
 
+from trainer.components import hf_models
 from trainer.components.models import (
     BuiltModel,
     _torchvision_default_weights,
+    build_hf,
+    load_file_weights,
     load_weights,
-    read_weights,
     size_kwargs,
 )
 from trainer.errors import WeightsError
@@ -46,6 +49,8 @@ def segmenter_source(name: str, source: str = "auto") -> str | None:
     encoder = name.removeprefix(UNET_PREFIX)
     if name.startswith(UNET_PREFIX) and source in ("auto", "timm") and timm.is_model(encoder):
         return "timm"
+    if source in ("auto", "hf") and hf_models.looks_like_hf(name):
+        return "hf"
     return None
 
 
@@ -72,10 +77,12 @@ def create_segmenter(
         raise ValueError(f"unknown segmentation model '{name}'; allowed: {', '.join(list_segmenters())}")
     if resolved == "torchvision":
         built = _build_torchvision(name, num_classes, weights == "hub", aux_loss)
+    elif resolved == "hf":
+        built = build_hf(name, "segmentation", num_classes, weights == "hub")
     else:
         built = _build_unet(name, num_classes, weights == "hub", img_size)
     if weights not in ("none", "hub"):
-        load_weights(built.module, read_weights(weights, expect_model=name), built.head)
+        load_file_weights(built, weights)
     return built
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from trainer.components.deploy import OnnxGraph, Thresholds
+from trainer.components.hf_models import rebuild_hf
 from trainer.components.losses import create_loss
 from trainer.components.models import BuiltModel
 from trainer.components.parity import logits_failures, logits_parity
@@ -124,6 +125,8 @@ class Segmentation(Task):
 
     def rebuild_model(self, meta: dict) -> torch.nn.Module:
         m = meta["model"]
+        if m["source"] == "hf":
+            return rebuild_hf(m, "segmentation", meta["classes"])
         aux_loss = meta["segmentation"]["aux_loss"]
         return create_segmenter(
             m["name"], meta["num_classes"], "none", aux_loss, m["source"], m.get("img_size")
