@@ -123,3 +123,20 @@ def hub_snapshot(repo_id: str, folder: Path, kind: str = "model") -> Path:
     snapshot = entry / "snapshots" / commit
     shutil.copytree(folder, snapshot, dirs_exist_ok=True)
     return snapshot
+
+
+def masks_saved(mask_folder: Path, out: Path) -> Path:
+    """A mask folder (images/ + masks/) as a `datasets` save_to_disk folder with an `image` and
+    an `annotation` Image column, as scene_parse_150 is laid out."""
+    import datasets
+
+    images = sorted((mask_folder / "images").iterdir())
+    rows = {
+        "image": [{"bytes": path.read_bytes()} for path in images],
+        "annotation": [
+            {"bytes": (mask_folder / "masks" / f"{path.stem}.png").read_bytes()} for path in images
+        ],
+    }
+    features = datasets.Features({"image": datasets.Image(), "annotation": datasets.Image()})
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(out))
+    return out

@@ -132,6 +132,24 @@ class DataConfig(Section):
         return str(path.resolve())  # workers run elsewhere: pass absolute paths
 
 
+class HfDataSection(Section):
+    """Which part of a Hugging Face dataset (`data.format: hf`) to read."""
+
+    config: str | None = Field(None, description="the dataset's configuration (load_dataset's name)")
+    split: str = Field("train", description="the training split")
+    val_split: str | None = Field(
+        None,
+        description="the validation split (of data.val when set, else of data.train); unset: "
+        "data.val's validation or test split, or a seeded stratified split of the training split",
+    )
+    image_column: str | None = Field(None, description="unset: the first Image feature")
+    label_column: str | None = Field(
+        None,
+        description="classification: unset = the first ClassLabel feature, else 'label'; "
+        "segmentation: the mask column, unset = the first Image feature after the image's",
+    )
+
+
 class ImageInputDataConfig(DataConfig):
     """Data for models that take a normalised fixed-size input: the preprocessing overrides
     (defaults come from the model's pretrained config) and crop augmentation."""

@@ -115,11 +115,13 @@ def _as_labels(value, names: list[str] | None) -> list[str]:
 
 
 class RowImages:
-    """The encoded images of one split's image column, read by row. Pickles as its source and
-    reopens the (memory-mapped) dataset in the process that reads, on first use."""
+    """The encoded images of one split's image column, read by row. Pickles as the split's
+    Arrow files (on this machine: the loaded dataset's cache files) and memory-maps them again in
+    the process that reads, on first use: no Hub request, no copy."""
 
-    def __init__(self, source: str, split: str | None, options: HfOptions, column: str):
-        self.source, self.split, self.options, self.column = source, split, options, column
+    def __init__(self, dataset, column: str):
+        self.files = [entry["filename"] for entry in dataset.cache_files]
+        self.column = column
         self._dataset = None
 
     def __getstate__(self) -> dict:
@@ -129,7 +131,8 @@ class RowImages:
         import datasets
 
         if self._dataset is None:
-            dataset, _ = load_split(self.source, self.split, self.options.config)
+            parts = [datasets.Dataset.from_file(file) for file in self.files]
+            dataset = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
             self._dataset = dataset.select_columns([self.column]).cast_column(
                 self.column, datasets.Image(decode=False)
             )
@@ -149,13 +152,24 @@ class RowImages:
         raise BadImageError(f"{name}: the row holds no image")
 
 
+def _open(source: str, split: str | None, options: HfOptions):
+    """The split's dataset and its name prefix `<source>[<split>]`, checked to be rows read by
+    reference (Arrow files, no index mapping) and not empty."""
+    dataset, split = load_split(source, split, options.config)
+    where = f"{source}[{split}]"
+    if not len(dataset):
+        raise DataError(f"{where}: no rows")
+    if not dataset.cache_files or len(dataset.data) != len(dataset):
+        raise DataError(f"{where}: not backed by Arrow files in one piece (save it with save_to_disk)")
+    return dataset, where
+
+
 def read_rows(
     source: str, split: str | None, options: HfOptions
 ) -> tuple[list[str], list[list[str]], RowImages]:
     """One split's rows: their names (`<source>[<split>]#<row>`), labels (class names) and
     the reader of their images. Only the label column is read here."""
-    dataset, split = load_split(source, split, options.config)
-    where = f"{source}[{split}]"
+    dataset, where = _open(source, split, options)
     image, label = _columns(dataset, options, where)
     names = _label_names(dataset.features[label])
     values = dataset.data.column(label).to_pylist()
@@ -163,7 +177,28 @@ def read_rows(
     empty = next((row for row, labs in enumerate(labels) if not labs), None)
     if empty is not None:
         raise DataError(f"{where}#{empty}: no label in column '{label}'")
-    if not labels:
-        raise DataError(f"{where}: no rows")
-    rows = [f"{where}#{row}" for row in range(len(labels))]
-    return rows, labels, RowImages(source, split, options, image)
+    return [f"{where}#{row}" for row in range(len(labels))], labels, RowImages(dataset, image)
+
+
+def read_image_pairs(
+    source: str, split: str | None, options: HfOptions
+) -> tuple[list[str], RowImages, RowImages]:
+    """One split's rows of an image and a mask column (segmentation): their names and the
+    readers of both. The mask column is `label_column`, else the first Image feature after the
+    image's."""
+    import datasets
+
+    dataset, where = _open(source, split, options)
+    images = [name for name, feature in dataset.features.items() if isinstance(feature, datasets.Image)]
+    image = options.image_column or next(iter(images), None)
+    mask = options.label_column or next((name for name in images if name != image), None)
+    columns = ", ".join(dataset.features)
+    for field, column in (("image_column", image), ("label_column", mask)):
+        if column is None:
+            raise DataError(f"{where}: needs two image columns, an image and a mask (columns: {columns})")
+        if not isinstance(dataset.features.get(column), datasets.Image):
+            raise DataError(
+                f"data.hf.{field}: '{column}' in {where} is not an image column (columns: {columns})"
+            )
+    names = [f"{where}#{row}" for row in range(len(dataset))]
+    return names, RowImages(dataset, image), RowImages(dataset, mask)

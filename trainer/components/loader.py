@@ -44,8 +44,14 @@ class JointDataset(Dataset):
         annotations are in its pixels)."""
         self.cache = RamCache()
         paths = {i: self.samples.images[i] for i in indices}
-        load = lambda i: open_image(paths[i], self.max_pixels)  # noqa: E731
-        self.cache.fill(paths, load, None, self.skip_bad, threads)
+        self.cache.fill(paths, self.open, None, self.skip_bad, threads)
+
+    def image_source(self, i: int) -> str | bytes:
+        """Sample `i`'s image file, or (a dataset whose rows hold images) its encoded bytes."""
+        return self.samples.images[i]
+
+    def open(self, i: int):
+        return open_image(self.image_source(i), self.max_pixels, name=self.samples.images[i])
 
     def __getitem__(self, i: int):
         path = self.samples.images[i]
@@ -55,9 +61,9 @@ class JointDataset(Dataset):
                 if image is None:
                     return None  # a bad image, skipped when the cache was filled
             elif self.encoded:
-                return read_encoded(path, self.max_pixels), i
+                return read_encoded(path, self.max_pixels, self.image_source(i)), i
             else:
-                image = open_image(path, self.max_pixels)
+                image = self.open(i)
         except BadImageError:
             if self.skip_bad:
                 return None

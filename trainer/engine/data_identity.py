@@ -39,9 +39,11 @@ def datasets(cfg: VftConfig, split: DataSplit | None = None) -> list[dict]:
                 per_class.update(classes)
         profile = {"images": len(lines), "classes": len(split.classes)}
         profile["images_per_class"] = {c: per_class[c] for c in split.classes} if known else None
-        if not d.val:
+        val_split = getattr(getattr(d, "hf", None), "val_split", None)  # a named split of a dataset
+        if not d.val and not val_split:
             profile["split"] = f"val_fraction {d.val_fraction}, seed {d.split_seed}"
-        kind = source.split("://", 1)[0] if "://" in source else "local"
+        kind = "hugging_face" if source.startswith("hf:") else "local"
+        kind = source.split("://", 1)[0] if "://" in source else kind
         found.append(
             {
                 "name": name,

@@ -15,10 +15,10 @@ from trainer.components.models import input_size_error, list_models, nearest_inp
 from trainer.config import (
     CropAugmentConfig,
     FinetuneConfig,
+    HfDataSection,
     ImageInputDataConfig,
     LossConfig,
     ModelConfig,
-    Section,
     TrainConfig,
     VftConfig,
     check_name,
@@ -55,20 +55,6 @@ class ClassificationAugment(CropAugmentConfig):
     random_erasing: float = Field(0.0, ge=0.0, le=1.0)
     mixup_alpha: float = Field(0.0, ge=0.0)
     cutmix_alpha: float = Field(0.0, ge=0.0)
-
-
-class HfDataSection(Section):
-    """Which part of a Hugging Face dataset (`data.format: hf`) to read."""
-
-    config: str | None = Field(None, description="the dataset's configuration (load_dataset's name)")
-    split: str = Field("train", description="the training split")
-    val_split: str | None = Field(
-        None,
-        description="the validation split (of data.val when set, else of data.train); unset: "
-        "data.val's validation or test split, or a seeded stratified split of the training split",
-    )
-    image_column: str | None = Field(None, description="unset: the first Image feature")
-    label_column: str | None = Field(None, description="unset: the first ClassLabel feature, else 'label'")
 
 
 class ClassificationData(ImageInputDataConfig):

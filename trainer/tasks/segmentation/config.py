@@ -8,7 +8,15 @@ from typing import Literal
 from pydantic import Field, ValidationInfo, field_validator
 
 from trainer.components import hf_models
-from trainer.config import ImageInputDataConfig, LossConfig, ModelConfig, VftConfig, check_name, local_paths
+from trainer.config import (
+    HfDataSection,
+    ImageInputDataConfig,
+    LossConfig,
+    ModelConfig,
+    VftConfig,
+    check_name,
+    local_paths,
+)
 from trainer.tasks.segmentation.metrics import segmentation_metric_names
 from trainer.tasks.segmentation.model import has_aux_head, segmenter_source
 
@@ -44,8 +52,12 @@ class SegmentationModel(ModelConfig):
 
 
 class SegmentationData(ImageInputDataConfig):
-    train: str = Field(description="mask folder: images/ + masks/ (class indices), optional classes.txt")
-    format: Literal["auto", "maskfolder"] = "auto"
+    train: str = Field(
+        description="mask folder: images/ + masks/ (class indices), optional classes.txt; or a "
+        "Hugging Face dataset with an image and a mask column (hf:<hub id>, save_to_disk, Parquet)"
+    )
+    format: Literal["auto", "maskfolder", "hf"] = "auto"
+    hf: HfDataSection = HfDataSection()
     ignore_index: int = Field(255, ge=0, le=255, description="mask value left out")
 
 

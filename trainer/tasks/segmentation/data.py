@@ -1,9 +1,11 @@
 """Segmentation data: the `maskfolder` format (ROOT/images/*.png|jpg + ROOT/masks/<stem>.png of
-class indices, `ignore_index` = not labelled, optional ROOT/classes.txt), the dataset applying
-joint image+mask transforms (torchvision.transforms.v2 with tv_tensors.Mask), and its collate."""
+class indices, `ignore_index` = not labelled, optional ROOT/classes.txt) and Hugging Face
+datasets with an image and a mask column, the dataset applying joint image+mask transforms
+(torchvision.transforms.v2 with tv_tensors.Mask), and its collate."""
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import torch
 from PIL import Image
 from torchvision import tv_tensors
 
+from trainer.components import hf_data
 from trainer.components.loader import JointDataset
 from trainer.errors import DataError
 from trainer.registry import DATASET_FORMATS
@@ -22,28 +25,53 @@ CLASSES_FILE = "classes.txt"
 
 @dataclass
 class MaskSamples:
-    images: list[str]
+    images: list[str]  # files, or the names of dataset rows (`rows` reads those)
     masks: list[str]
     max_index: list[int] = field(default_factory=list)  # largest labelled class index per mask
     root: str = ""
+    rows: RowPairs | None = None  # images and masks held in a dataset's rows
 
     def __len__(self) -> int:
         return len(self.images)
 
     def subset(self, idx) -> MaskSamples:
         pick = [int(i) for i in idx]
+        rows = self.rows.subset(pick) if self.rows is not None else None
         return MaskSamples(
             [self.images[i] for i in pick],
             [self.masks[i] for i in pick],
             [self.max_index[i] for i in pick],
             self.root,
+            rows,
         )
 
+    def image_source(self, i: int) -> str | bytes:
+        return (
+            self.images[i] if self.rows is None else self.rows.images.read(self.rows.index[i], self.images[i])
+        )
 
-def read_mask(path: str | Path) -> np.ndarray:
-    """A mask PNG as (H, W) uint8 class indices; it must be single-channel (L or P mode)."""
+    def mask_source(self, i: int) -> str | bytes:
+        return self.masks[i] if self.rows is None else self.rows.masks.read(self.rows.index[i], self.masks[i])
+
+
+@dataclass
+class RowPairs:
+    """The image and mask readers of a Hugging Face dataset's split, and each sample's row."""
+
+    images: hf_data.RowImages
+    masks: hf_data.RowImages
+    index: list[int]
+
+    def subset(self, pick: list[int]) -> RowPairs:
+        return RowPairs(self.images, self.masks, [self.index[i] for i in pick])
+
+
+def read_mask(source: str | Path | bytes, name: str | None = None) -> np.ndarray:
+    """A mask PNG (a file, or its bytes named `name`) as (H, W) uint8 class indices; it must be
+    single-channel (L or P mode)."""
+    path = name or "<bytes>" if isinstance(source, bytes) else source
     try:
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
             if img.mode not in ("L", "P"):
                 raise DataError(f"{path}: mask must be a single-channel PNG of class indices, not {img.mode}")
             return np.asarray(img, dtype=np.uint8)
@@ -91,15 +119,38 @@ def read_maskfolder(root: str | Path, ignore_index: int = 255) -> MaskSamples:
     return MaskSamples([str(p) for p in images], [str(p) for p in masks], max_index, str(root))
 
 
-def read_classes(samples: MaskSamples) -> list[str]:
-    """ROOT/classes.txt (one name per line), else the indices 0..max found in the masks."""
+def read_hf_masks(
+    source: str, split: str | None, options: hf_data.HfOptions, ignore_index: int = 255
+) -> MaskSamples:
+    """A Hugging Face dataset's split with an image and a mask column: each mask is read once
+    here (as the mask folder's are) for its largest class index and its size."""
+    names, images, masks = hf_data.read_image_pairs(source, split, options)
+    max_index = []
+    for row, name in enumerate(names):
+        values = read_mask(masks.read(row, name), name)
+        with Image.open(io.BytesIO(images.read(row, name))) as image:
+            width, height = image.size
+        if values.shape != (height, width):
+            raise DataError(
+                f"{name}: mask is {values.shape[1]}x{values.shape[0]} but its image is {width}x{height}"
+            )
+        labelled = values[values != ignore_index]
+        max_index.append(int(labelled.max()) if labelled.size else -1)
+    local = source if Path(source).is_dir() else ""
+    return MaskSamples(names, names, max_index, local, RowPairs(images, masks, list(range(len(names)))))
+
+
+def read_classes(samples: MaskSamples, *others: MaskSamples) -> list[str]:
+    """ROOT/classes.txt (one name per line), else the indices 0..max found in the masks of
+    `samples` and `others`."""
     listing = Path(samples.root, CLASSES_FILE)
-    if listing.is_file():
+    if samples.root and listing.is_file():
         names = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
         if not names:
             raise DataError(f"{listing}: no class names")
         return names
-    return [str(i) for i in range(max(samples.max_index, default=0) + 1)]
+    top = max((i for split in (samples, *others) for i in split.max_index), default=0)
+    return [str(i) for i in range(top + 1)]
 
 
 def check_class_indices(samples: MaskSamples, classes: list[str]) -> None:
@@ -116,9 +167,12 @@ def check_class_indices(samples: MaskSamples, classes: list[str]) -> None:
 class MaskDataset(JointDataset):
     """(image, mask) pairs through one joint transform (masks as tv_tensors.Mask)."""
 
+    def image_source(self, i: int) -> str | bytes:
+        return self.samples.image_source(i)
+
     def transform_pair(self, image, i: int):
-        mask = tv_tensors.Mask(torch.from_numpy(read_mask(self.samples.masks[i]).copy()))
-        return self.transform(image, mask)
+        values = read_mask(self.samples.mask_source(i), self.samples.masks[i])
+        return self.transform(image, tv_tensors.Mask(torch.from_numpy(values.copy())))
 
 
 class MaskCollate:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from trainer.components.deploy import OnnxGraph, Thresholds
+from trainer.components.hf_data import HfOptions, is_hf_dataset
 from trainer.components.hf_models import rebuild_hf
 from trainer.components.losses import create_loss
 from trainer.components.models import BuiltModel
@@ -23,6 +24,7 @@ from trainer.tasks.segmentation.data import (
     MaskSamples,
     check_class_indices,
     read_classes,
+    read_hf_masks,
     read_maskfolder,
 )
 from trainer.tasks.segmentation.evaluate import SegmentationEval
@@ -63,12 +65,22 @@ class Segmentation(Task):
     # -- data
     def read_data(self, cfg) -> DataSplit:
         d = cfg.data
-        train = read_maskfolder(d.train, d.ignore_index)
-        if d.val:
-            val = read_maskfolder(d.val, d.ignore_index)
+        if d.format == "hf" or (d.format == "auto" and is_hf_dataset(d.train)):
+            h = d.hf
+            options = HfOptions(h.config, h.split, h.image_column, h.label_column)
+            train = read_hf_masks(d.train, h.split, options, d.ignore_index)
+            val = (
+                read_hf_masks(d.val or d.train, h.val_split, options, d.ignore_index)
+                if d.val or h.val_split
+                else None
+            )
         else:
+            train = read_maskfolder(d.train, d.ignore_index)
+            val = read_maskfolder(d.val, d.ignore_index) if d.val else None
+        if val is None:
             train, val = split_samples(train, d.val_fraction, d.split_seed)
-        classes = read_classes(train)
+        # a dataset's masks are the only source of its classes (no classes.txt): both splits count
+        classes = read_classes(train, val) if train.rows is not None else read_classes(train)
         for samples in (train, val):
             check_class_indices(samples, classes)
         return DataSplit(train, val, classes)

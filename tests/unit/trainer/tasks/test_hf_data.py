@@ -12,14 +12,17 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from hf_tools import DIGIT_NAMES, digits_parquet, digits_saved
+from hf_tools import DIGIT_NAMES, digits_parquet, digits_saved, masks_saved
 from PIL import Image
 
 from trainer.components.hf_data import HfOptions, is_hf_dataset
+from trainer.components.preprocess import resolve_preprocessing
 from trainer.config import build_config
 from trainer.errors import BadImageError, DataError
 from trainer.tasks.base import get_task
 from trainer.tasks.classification.data import ImageDataset, read_hf, read_split
+from trainer.tasks.segmentation.data import read_hf_masks, read_mask
+from trainer.tasks.segmentation.shapes import shapes_segmentation
 
 N = 100  # digits rows written: 80 train, 20 test
 
@@ -133,3 +136,45 @@ def test_the_task_reads_the_config_section(parquet, tmp_path):
     assert (len(split.train), len(split.val), len(split.classes)) == (80, 20, 10)
     with pytest.raises(Exception, match="data.hf.splits"):
         build_config({"task": "classification", "data": {"train": str(parquet), "hf": {"splits": "x"}}})
+
+
+# ----------------------------------------------------------------------------- segmentation
+
+
+def test_a_segmentation_dataset_reads_image_and_mask_columns(tmp_path):
+    shapes_segmentation(tmp_path / "folder", n_train=6, n_val=2, size=32, seed=0)
+    source = masks_saved(tmp_path / "folder" / "train", tmp_path / "hf")
+    cfg = build_config({"task": "segmentation", "data": {"train": str(source), "val_fraction": 0.34}})
+    task = get_task("segmentation")
+    split = task.check_data(cfg)
+    assert (len(split.train), len(split.val)) == (4, 2)
+    masks = sorted((tmp_path / "folder" / "train" / "masks").iterdir())
+    top = max(int(values[values != 255].max()) for values in map(read_mask, masks))
+    assert split.classes == [str(i) for i in range(top + 1)]  # indices of both splits: no classes.txt
+    name = split.train.images[0]
+    assert name.startswith(f"{source}[train]#")
+    row = int(name.rsplit("#", 1)[1])
+    assert np.array_equal(read_mask(split.train.mask_source(0), name), read_mask(masks[row]))
+    prep = resolve_preprocessing(
+        {"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.5,) * 3, "crop_pct": 1.0}
+    )
+    train, _ = task.build_datasets(cfg, split, prep)
+    image, mask = pickle.loads(pickle.dumps(train))[0]
+    assert image.shape == (3, 32, 32) and mask.shape == (32, 32)
+
+
+def test_a_mask_of_another_size_names_its_row(tmp_path):
+    import datasets
+
+    def png(size, mode):
+        buffer = io.BytesIO()
+        Image.new(mode, size).save(buffer, "PNG")
+        return {"bytes": buffer.getvalue()}
+
+    rows = {"image": [png((8, 8), "RGB"), png((8, 8), "RGB")], "mask": [png((8, 8), "L"), png((4, 8), "L")]}
+    features = datasets.Features({"image": datasets.Image(), "mask": datasets.Image()})
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(tmp_path / "seg"))
+    with pytest.raises(DataError, match=r"seg\[train\]#1: mask is 4x8 but its image is 8x8"):
+        read_hf_masks(str(tmp_path / "seg"), "train", HfOptions())
+    with pytest.raises(DataError, match="data.hf.label_column: 'image_x' .* is not an image column"):
+        read_hf_masks(str(tmp_path / "seg"), "train", HfOptions(label_column="image_x"))
