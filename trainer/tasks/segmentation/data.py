@@ -81,12 +81,12 @@ def read_mask(source: str | Path | bytes, name: str | None = None) -> np.ndarray
         raise DataError(f"{path}: cannot read mask ({exc})") from exc
 
 
-def _image_size(path: Path) -> tuple[int, int]:
+def _image_size(source: Path | io.BytesIO, name: str | None = None) -> tuple[int, int]:
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             return img.size
     except OSError as exc:
-        raise DataError(f"{path}: cannot read image ({exc})") from exc
+        raise DataError(f"{name or source}: cannot read image ({exc})") from exc
 
 
 def _check_pair(image: Path, mask: Path, ignore_index: int) -> int:
@@ -128,8 +128,7 @@ def read_hf_masks(
     max_index = []
     for row, name in enumerate(names):
         values = read_mask(masks.read(row, name), name)
-        with Image.open(io.BytesIO(images.read(row, name))) as image:
-            width, height = image.size
+        width, height = _image_size(io.BytesIO(images.read(row, name)), name)
         if values.shape != (height, width):
             raise DataError(
                 f"{name}: mask is {values.shape[1]}x{values.shape[0]} but its image is {width}x{height}"

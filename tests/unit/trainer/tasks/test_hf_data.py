@@ -176,5 +176,9 @@ def test_a_mask_of_another_size_names_its_row(tmp_path):
     datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(tmp_path / "seg"))
     with pytest.raises(DataError, match=r"seg\[train\]#1: mask is 4x8 but its image is 8x8"):
         read_hf_masks(str(tmp_path / "seg"), "train", HfOptions())
+    rows["image"][1] = {"bytes": b"not an image"}
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(tmp_path / "bad"))
+    with pytest.raises(DataError, match=r"bad\[train\]#1: cannot read image"):
+        read_hf_masks(str(tmp_path / "bad"), "train", HfOptions())
     with pytest.raises(DataError, match="data.hf.label_column: 'image_x' .* is not an image column"):
         read_hf_masks(str(tmp_path / "seg"), "train", HfOptions(label_column="image_x"))
