@@ -89,11 +89,12 @@ def read_csv_manifest(manifest: str | Path) -> Samples:
 
 @DATASET_FORMATS.register("hf")
 def read_hf(
-    source: str, split: str | None = "train", options: hf_data.HfOptions = hf_data.HfOptions()
+    source: str | Path, split: str | None = None, options: hf_data.HfOptions = hf_data.HfOptions()
 ) -> Samples:
     """A Hugging Face dataset's split: an image column and a label column (ClassLabel names,
-    or the values; a list of them is multilabel)."""
-    names, labels, images = hf_data.read_rows(source, split, options)
+    or the values; a list of them is multilabel). Without `split` (`vft eval --data`): the
+    validation or test split of a dataset that has several."""
+    names, labels, images = hf_data.read_rows(str(source), split, options)
     return Samples(names, labels, images, list(range(len(names))))
 
 

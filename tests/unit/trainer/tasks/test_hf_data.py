@@ -20,7 +20,7 @@ from trainer.components.preprocess import resolve_preprocessing
 from trainer.config import build_config
 from trainer.errors import BadImageError, DataError
 from trainer.tasks.base import get_task
-from trainer.tasks.classification.data import ImageDataset, read_hf, read_split
+from trainer.tasks.classification.data import ImageDataset, read_hf, read_samples, read_split
 from trainer.tasks.segmentation.data import read_hf_masks, read_mask
 from trainer.tasks.segmentation.shapes import shapes_segmentation
 
@@ -53,6 +53,11 @@ def test_named_splits_and_class_names_from_the_label_feature(layout, request):
     from sklearn.datasets import load_digits
 
     assert [labels[0] for labels in train.labels[:5]] == [DIGIT_NAMES[t] for t in load_digits().target[:5]]
+
+
+def test_eval_data_is_the_validation_or_test_split(parquet):
+    samples = read_samples(parquet)  # a Path and no split, as `vft eval --data` reads it
+    assert len(samples) == 20 and samples.paths[0] == f"{parquet}[test]#0"
 
 
 def test_without_a_validation_split_the_training_split_is_split_stratified(parquet):
