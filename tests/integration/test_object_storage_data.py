@@ -24,6 +24,7 @@ from local_ray import clean_env, free_ports
 from train_tools import SMALL_MODEL
 from typer.testing import CliRunner
 
+from serving.app import ServeArgs, build_local_app
 from trainer.cli import app
 from trainer.components.remote_data import MARKER, localize
 from trainer.components.runlog import read_metrics_csv
@@ -149,13 +150,13 @@ def test_a_worker_reads_its_s3_dataset_through_the_cache(s3, digits_dir, tmp_pat
     shutil.rmtree(tmp_path / "cache")
 
 
-def test_train_kill_a_worker_resume_export_eval_and_serve_all_from_s3(s3, digits_dir, tmp_path):
+def test_train_kill_a_worker_resume_export_eval_and_serve_all_from_s3(ray_cluster, s3, digits_dir, tmp_path):
     """Data and runs on the same S3 server, as on a cluster. `vft train` runs as a shell runs it
     (its own local Ray cluster, whose processes get the AWS_* variables): one of its two Train
     workers is killed after the first epoch and Ray Train (FailureConfig: run.max_failures)
     resumes from the checkpoint in S3 instead of epoch 1; the data holds a corrupt image, skipped
     and counted (data.skip_bad_images) before and after the restart. Then `vft export`,
-    `vft eval` and `vft serve` work from the s3:// run directory."""
+    `vft eval` and a Ray Serve replica work from the s3:// run directory."""
     fs, bucket = s3
     upload_digits(fs, bucket, digits_dir, per_class=15)
     with fs.open_output_stream(f"{bucket}/digits/train/3/broken.png") as out:
@@ -211,26 +212,21 @@ def test_train_kill_a_worker_resume_export_eval_and_serve_all_from_s3(s3, digits
         with fs.open_input_stream(f"{bucket}/runs/s3run/{report}") as src:
             assert json.loads(src.read())["run_dir"] == run
 
+    from ray import serve
+
+    # the replica on the session's cluster, given the AWS_* variables as a pod's env gives them
+    # (`vft serve` itself adds nothing for an s3:// run: the replica reads it)
+    aws = {key: value for key, value in os.environ.items() if key.startswith("AWS_")}
+    deployment = {"ray_actor_options": {"num_cpus": 0.5, "runtime_env": {"env_vars": aws}}}
     port = free_ports(1)[0]
-    serve_log = tmp_path / "serve.log"
-    with serve_log.open("w") as out:
-        serve = subprocess.Popen(
-            [*VFT, "serve", run, "--port", str(port), "--cpus-per-replica", "0.5"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
-        deadline = time.monotonic() + 150
-        while f"127.0.0.1:{port}" not in serve_log.read_text():
-            assert serve.poll() is None and time.monotonic() < deadline, serve_log.read_text()
-            time.sleep(0.5)
+        serve.run(build_local_app(ServeArgs(run_dir=run), 1, None, deployment), name="s3", route_prefix="/")
         image = sorted((digits_dir / "val" / "7").glob("*.png"))[0]
         answer = requests.post(
             f"http://127.0.0.1:{port}/v1/predict", data=image.read_bytes(), headers=PNG, timeout=60
         )
         assert answer.status_code == 200, answer.text
         assert {p["label"] for p in answer.json()["predictions"]} <= {str(d) for d in range(10)}
-        serve.send_signal(signal.SIGINT)
-        assert serve.wait(timeout=60) == 0, serve_log.read_text()
     finally:
-        if serve.poll() is None:
-            os.killpg(serve.pid, signal.SIGKILL)
+        serve.shutdown()
