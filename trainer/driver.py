@@ -38,9 +38,6 @@ from trainer.engine.progress import ProgressBoard
 
 console = Console(stderr=True)
 PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
-# how often Ray Train's controller polls its workers (default 2 s): a local run's start and end
-# are noticed at once (several seconds less per run on 2 cores; the polls cost nothing there)
-HEALTH_CHECK_INTERVAL = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 
 
 class RunFailed(errors.RunFailed):
@@ -81,7 +78,6 @@ def init_ray(address: str | None = None, **local_options) -> None:
         # nothing preempts this machine's own cluster: no PreemptionWatcher actor per Train run
         # (the processes the cluster starts inherit this; Ray Train passes it on to its workers)
         os.environ.setdefault(PREEMPTION_WATCHER, "0")
-        os.environ.setdefault(HEALTH_CHECK_INTERVAL, "0.3")
         ray.init(address="local", log_to_driver=False, configure_logging=False, **local_options)
 
 
