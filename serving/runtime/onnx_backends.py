@@ -7,13 +7,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
-from serving.runtime.base import Backend, BackendError
+from serving.runtime.base import NO_ONNXRUNTIME, Backend, BackendError
 from serving.runtime.registry import BACKENDS
 from serving.runtime.rundir import INT8_FILE, ONNX_FILE, export_path
 from trainer.components.deploy import IMAGES
 from trainer.tasks.base import Task
+
+try:
+    import onnxruntime as ort
+except ImportError as exc:
+    raise ImportError(NO_ONNXRUNTIME) from exc
 
 
 def onnx_session(path: Path, threads: int | None = None, cpu_only: bool = False) -> ort.InferenceSession:

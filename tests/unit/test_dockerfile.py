@@ -4,6 +4,8 @@ no container engine). hadolint: tests/integration/test_dockerfile.py."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 
 import pytest
 from chart_tools import CHART, ROOT
@@ -50,7 +52,7 @@ def test_installs_pinned_project_with_gpu_extra():
     by_stage = stages()
     assert list(by_stage)[-1] == "gpu" and "cpu" in by_stage  # gpu is the default target
     build = " ".join(v for k, v in by_stage["build"] if k == "RUN")
-    assert "['optional-dependencies']['gpu']" in build and "requirements-gpu.txt" in build
+    assert "['optional-dependencies'][x]" in build and "for x in ('cpu', 'gpu')" in build
     gpu_extra = re.search(r"^gpu = \[(.*)\]$", (ROOT / "pyproject.toml").read_text(), re.M)[1]
     assert set(re.findall(r'"([A-Za-z0-9_.-]+)', gpu_extra)) == {"onnxruntime-gpu", "tensorrt-cu12"}
     torch_pin = re.search(r"torch==([\d.]+)", (ROOT / "Makefile").read_text())[1]
@@ -62,6 +64,40 @@ def test_installs_pinned_project_with_gpu_extra():
         "import tensorrt" in gpu_runs
         and "'CUDAExecutionProvider' in ort.get_available_providers()" in gpu_runs
     )
+
+
+def test_each_image_holds_one_onnx_runtime_build_and_pip_check_passes_there():
+    """onnxruntime and onnxruntime-gpu are one module in two distributions: neither is a base
+    dependency (a GPU image swapping one for the other failed `pip check`); each target installs
+    its extra's build and runs `pip check` after vft's wheel."""
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    base = re.search(r"^dependencies = \[\n(.*?)^\]", pyproject, re.M | re.S)[1]
+    assert not re.search(r'^\s*"onnxruntime', base, re.M)
+    for extra, builds in (("cpu", ["onnxruntime"]), ("gpu", ["onnxruntime-gpu"])):
+        listed = re.search(rf"^{extra} = \[(.*)\]$", pyproject, re.M)[1]
+        assert [n for n in re.findall(r'"([A-Za-z0-9_.-]+)', listed) if n.startswith("onnxruntime")] == builds
+    by_stage = stages()
+    for name in ("cpu", "gpu"):
+        runs = [v for k, v in by_stage[name] if k == "RUN"]
+        assert any(f"-r /tmp/requirements-{name}.txt" in v for v in runs), name
+        wheel_at = next(i for i, v in enumerate(runs) if ".whl" in v)
+        assert "pip check" in runs[wheel_at], name
+        assert not any("uninstall" in v for v in runs), name
+
+
+def test_without_onnx_runtime_the_error_says_which_extra_to_install():
+    code = (
+        "import sys; sys.modules['onnxruntime'] = None\n"
+        "for module in ('serving.runtime.onnx_backends', 'serving.export.to_int8'):\n"
+        "    try:\n"
+        "        __import__(module)\n"
+        "    except ImportError as exc:\n"
+        "        print(module, exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    lines = out.stdout.splitlines()
+    hint = "pip install 'vft[cpu]'"
+    assert len(lines) == 2 and all(hint in line for line in lines), out.stdout + out.stderr
 
 
 def test_torch_comes_from_the_index_of_the_base_images_cuda():
