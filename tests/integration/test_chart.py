@@ -414,6 +414,19 @@ def test_a_model_in_object_storage_is_served_without_a_claim():
 
 
 @pytest.mark.parametrize("workload", ["train", "tune", "serve"])
+def test_an_image_digest_pins_every_vft_container(workload):
+    """checkov's CKV_K8S_43: production pins the image by digest, which replaces the tag."""
+    digest = "sha256:" + "0123456789abcdef" * 4
+    repo = "image.repository=registry.example.com/vft"
+    docs = template(sets=[f"workload={workload}", repo, "image.tag=0.1.0", f"image.digest={digest}"])
+    (main,) = by_kind(docs, MAIN_KIND[workload])
+    images = {
+        c["image"] for where, pod in pod_templates(main) if where != "submitter" for c in containers_of(pod)
+    }
+    assert images == {f"registry.example.com/vft@{digest}"}, images
+
+
+@pytest.mark.parametrize("workload", ["train", "tune", "serve"])
 def test_a_tracking_server_reaches_every_ray_container(workload):
     sets = [f"workload={workload}", "tracking.uri=http://mlflow.mlops.svc:5000"]
     sets.append("tracking.credentialsSecret=mlf")
@@ -546,6 +559,7 @@ def test_config_file_from_set_file_is_kept_verbatim():
         ("gcsFaultTolerance.redisAddress=redis", "/gcsFaultTolerance/redisAddress"),
         ("tracking.uri=file:///mnt/mlruns", "/tracking/uri"),
         ("serve.modelUri=models:/flowers", "/serve/modelUri"),
+        ("image.digest=latest", "/image/digest"),
     ],
 )
 def test_values_schema_rejects(setting, message):
