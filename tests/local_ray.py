@@ -71,7 +71,9 @@ class LocalRay:
             return exc.code
 
     def stop(self) -> None:
-        pids = set().union(*(_descendants(p) for p in {self.process.pid} | _naming(str(self.temp_dir))))
+        # `ray start` itself only while it runs (with --block): an exited one's pid may be reused
+        roots = _naming(str(self.temp_dir)) | ({self.process.pid} if self.process.poll() is None else set())
+        pids = set().union(*(_descendants(p) for p in roots))
         for sig in (signal.SIGTERM, signal.SIGKILL):
             for pid in sorted(pids):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
