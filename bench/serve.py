@@ -8,7 +8,10 @@ CPU (default):
     preprocess and backend pipeline in-process at batch 32                    (goal >= 0.7)
   * p50 / p99 latency through Ray Serve, under that load and for a single client
 GPU (--device cuda, on a lent machine): vft's torch backend (bf16, channels_last) and, where
-installed, TensorRT FP16 against plain fp32 torch eager, at batch 32 and 256.
+installed, TensorRT FP16 against plain fp32 torch eager, at batch 32 and 256; and a replica's
+request decoding (`decode: gpu`: header checks, then batches of 32 JPEGs decoded and
+preprocessed on the GPU) against the decode threads' path on one CPU core (Pillow), with the
+largest difference between the two paths' model inputs (nvJPEG's pixels against libjpeg's).
 
 The model is an untrained `--model` (default resnet18) at `--size` (default 224) with 10
 classes: speed does not depend on the weights. INT8 is calibrated on generated images.
@@ -45,6 +48,7 @@ from serving.runtime.rundir import INT8_FILE, ONNX_FILE, export_path, read_run_m
 from serving.runtime.tensorrt_backend import tensorrt_unavailable  # noqa: E402
 from trainer.components import checkpoint as ckpt  # noqa: E402
 from trainer.components.deploy import OnnxGraph  # noqa: E402
+from trainer.components.device_decode import read_encoded  # noqa: E402
 from trainer.components.images import open_image  # noqa: E402
 from trainer.components.models import create_model  # noqa: E402
 from trainer.components.preprocess import Preprocessing  # noqa: E402
@@ -296,6 +300,41 @@ def gpu_ratios(run_dir: Path, model: torch.nn.Module, size: int, seconds: float)
     return result
 
 
+def request_decoding(run_dir: Path, size: int, seconds: float) -> dict:
+    """img/s of a classifier replica's two decode paths, model input only (no backend)."""
+    meta = read_run_meta(run_dir)
+    handler = task_of(meta).serve_handler(meta, 5, 0.25)
+    bodies = jpeg_bodies(size * 2, 64)  # larger than the input: the resize is part of the work
+    echo = lambda batch: batch  # noqa: E731 - the model input itself
+
+    def cpu(n: int) -> np.ndarray:
+        return np.stack([handler.prepare(open_image(bodies[i % len(bodies)]))[0] for i in range(n)])
+
+    def gpu(n: int) -> np.ndarray:
+        items = [read_encoded("request body", source=bodies[i % len(bodies)]) for i in range(n)]
+        return np.stack(handler.run_encoded(echo, items, torch.device("cuda")))
+
+    def rate(fn, n: int) -> float:
+        fn(n)  # warm-up
+        done, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            fn(n)
+            done += n
+        return done / (time.perf_counter() - start)
+
+    torch.set_num_threads(1)
+    cpu_rate, gpu_rate = rate(cpu, 8), rate(gpu, 32)
+    diff = float(np.abs(cpu(len(bodies)) - gpu(len(bodies))).max())
+    print(f"request decoding: one CPU core {cpu_rate:.1f} img/s, GPU batch 32 {gpu_rate:.1f} img/s")
+    print(f"request decoding: largest difference of the model inputs {diff}")
+    return {
+        "request_decode_gpu_img_s": round(gpu_rate, 1),
+        "request_decode_cpu_core_img_s": round(cpu_rate, 1),
+        "request_decode_gpu_vs_cpu_core": round(gpu_rate / cpu_rate, 2),
+        "request_decode_max_abs_diff": diff,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="resnet18")
@@ -310,6 +349,7 @@ def main() -> None:
         figures: dict = {"bench": "serve", "device": args.device, "model": args.model, "size": args.size}
         if args.device == "cuda":
             figures.update(gpu_ratios(run_dir, model, args.size, args.seconds))
+            figures.update(request_decoding(run_dir, args.size, args.seconds))
         else:
             export_formats(run_dir, model, args.size)
             figures["threads"] = torch.get_num_threads()

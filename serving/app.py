@@ -11,7 +11,10 @@ segmentation a PNG mask (base64) at the image's size with per-class pixel fracti
 answers them in order, each with its own status. Bad input is answered (400, 413, 415), never
 raised; anything unexpected is a 500 carrying the request's id (its traceback logged once) and
 the replica goes on serving; a full queue is answered 503 with Retry-After by Serve itself
-(`max_queued_requests`).
+(`max_queued_requests`). With the model on a GPU (`decode: auto | gpu`), a classifier's
+request JPEGs are only read and header-checked on the decode threads; `@serve.batch` gathers
+them and they are decoded and preprocessed together on the GPU, as `data.decode: gpu` does in
+training.
 """
 
 import asyncio
@@ -22,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import numpy as np
+import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -31,8 +35,10 @@ from ray.serve.config import BackpressureConfig
 from ray.serve.context import _get_serve_request_context  # how Serve's logging docs read the id
 
 from serving.bodies import BATCH_BODY, RequestError, batch_images, image_bytes
+from serving.runtime.base import Backend, BackendError
 from serving.runtime.registry import backend_names, create_backend
 from serving.runtime.rundir import fetch_run_dir, read_run_meta
+from trainer.components.device_decode import Encoded, read_encoded
 from trainer.components.images import open_image
 from trainer.errors import BadImageError, ImageTooLargeError, UnsupportedFormatError
 from trainer.tasks.base import task_of
@@ -69,9 +75,26 @@ class ServeArgs(BaseModel):
     score_threshold: float = Field(0.25, ge=0.0, le=1.0, description="detection: least box score returned")
     threads: int | None = Field(None, ge=1, description="intra-op threads of the backend")
     decode_threads: int = Field(4, ge=1, le=64, description="threads decoding and preprocessing images")
+    decode: Literal["auto", "cpu", "gpu"] = Field(
+        "auto",
+        description="where request images are decoded: gpu (in batches, nvJPEG) needs the model on a GPU; "
+        "auto = gpu there for a classifier, else cpu",
+    )
 
 
 BAD_IMAGE_STATUS = {ImageTooLargeError: 413, UnsupportedFormatError: 415}  # other BadImageErrors: 400
+
+
+def decode_device(mode: str, backend: Backend, handler) -> torch.device | None:
+    """The GPU that decodes request images in batches, or None for the decode threads (Pillow)."""
+    supported = hasattr(handler, "run_encoded")  # the task's handler preprocesses on a device
+    if mode == "cpu" or (mode == "auto" and not (supported and backend.on_gpu())):
+        return None
+    if not backend.on_gpu():
+        raise BackendError(f"decode: gpu needs the model on a GPU; {backend.name} runs on the CPU")
+    if not supported:
+        raise BackendError("decode: gpu decodes classification requests only; use decode: cpu or auto")
+    return torch.device("cuda")
 
 
 def request_id() -> str:
@@ -107,8 +130,10 @@ class VftModel:
         self.meta = read_run_meta(run_dir)
         self.backend = create_backend(self.args.backend, run_dir, self.args.threads)
         self.handler = task_of(self.meta).serve_handler(self.meta, self.args.top_k, self.args.score_threshold)
-        self.infer.set_max_batch_size(self.args.max_batch_size)
-        self.infer.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s)
+        self.decode_on = decode_device(self.args.decode, self.backend, self.handler)
+        for batched in (self.infer, self.infer_encoded):
+            batched.set_max_batch_size(self.args.max_batch_size)
+            batched.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s)
         # decoding runs on its own threads so that it never queues behind a batch's inference
         self.decode_pool = ThreadPoolExecutor(self.args.decode_threads, thread_name_prefix="vft-decode")
         self.infer_pool = ThreadPoolExecutor(1, thread_name_prefix="vft-infer")
@@ -129,12 +154,24 @@ class VftModel:
         img = open_image(data, self.args.max_pixels, "request body", formats=self.args.allowed_formats)
         return self.handler.prepare(img)
 
+    def read(self, data: bytes) -> Encoded:
+        """Device decoding: the header checks, and the bytes (decoded here only when not a JPEG)."""
+        return read_encoded("request body", self.args.max_pixels, data, self.args.allowed_formats)
+
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
     async def infer(self, images: list[np.ndarray]) -> list:
         self.batch_sizes[len(images)] += 1
         self.batch_metric.observe(len(images))
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.infer_pool, self.handler.run, self.backend, images)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
+    async def infer_encoded(self, items: list[Encoded]) -> list:
+        self.batch_sizes[len(items)] += 1
+        self.batch_metric.observe(len(items))
+        loop = asyncio.get_running_loop()
+        run = self.handler.run_encoded
+        return await loop.run_in_executor(self.infer_pool, run, self.backend, items, self.decode_on)
 
     def _answer(self, status: int, body: dict) -> JSONResponse:
         self.statuses[status] += 1
@@ -148,8 +185,14 @@ class VftModel:
             if isinstance(data, RequestError):
                 raise data
             loop = asyncio.get_running_loop()
-            image, size = await loop.run_in_executor(self.decode_pool, self.prepare, data)
-            output = await self.infer(image)
+            if self.decode_on is not None:
+                item = await loop.run_in_executor(self.decode_pool, self.read, data)
+                output, size = await self.infer_encoded(item), item.size
+                if isinstance(output, BadImageError):
+                    raise output
+            else:
+                image, size = await loop.run_in_executor(self.decode_pool, self.prepare, data)
+                output = await self.infer(image)
             return 200, self.handler.answer(output, size)
         except RequestError as exc:
             return exc.status, {"error": str(exc)}

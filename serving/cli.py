@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated
 
 import ray
+import torch
 import typer
 from ray import serve as ray_serve
 from rich import box
@@ -44,6 +45,12 @@ TRACKING_HELP = (
     "MLflow registry of a models:/ URI (default: $MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db)"
 )
 Backend = Enum("Backend", {name: name for name in backend_names()}, type=str)  # the runtime registry's names
+
+
+class Decode(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    gpu = "gpu"
 
 
 class Int8Mode(str, Enum):
@@ -188,6 +195,9 @@ def serve(
     max_replicas: Annotated[int, typer.Option(min=0, help="autoscale 1..N replicas (0: off)")] = 0,
     max_batch_size: Annotated[int, typer.Option(min=1)] = 32,
     batch_wait_ms: Annotated[float, typer.Option(min=0, help="longest wait to fill a batch")] = 10.0,
+    decode: Annotated[
+        Decode, typer.Option(help="request images: gpu decodes batches of JPEGs on the model's GPU")
+    ] = Decode.auto,
     max_ongoing_requests: Annotated[int, typer.Option(min=1, help="per replica")] = 64,
     max_queued_requests: Annotated[int, typer.Option(help="beyond this, 503 (-1: no limit)")] = 256,
     cpus_per_replica: Annotated[float, typer.Option(min=0)] = 1.0,
@@ -201,7 +211,9 @@ def serve(
     where = run_dir if remote else str(Path(run_dir).resolve())
     args = ServeArgs(run_dir=where, backend=backend.value, max_batch_size=max_batch_size,
                      batch_wait_timeout_s=batch_wait_ms / 1000, score_threshold=score_threshold,
-                     tracking_uri=tracking_uri)  # fmt: skip
+                     decode=decode.value, tracking_uri=tracking_uri)  # fmt: skip
+    if decode is Decode.gpu and address is None and not torch.cuda.is_available():
+        fail("--decode gpu: this machine's local cluster has no GPU (use auto or cpu)", 2)
     try:
         if is_model_uri(run_dir):  # a registered version must exist; the replica downloads it
             model_version(run_dir, tracking_uri)

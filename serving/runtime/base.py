@@ -27,6 +27,10 @@ class Backend:
     def __init__(self, run_dir: Path, task: Task, threads: int | None = None):
         raise NotImplementedError
 
+    def on_gpu(self) -> bool:
+        """Whether the model runs on a CUDA device (request images may then be decoded there)."""
+        return False
+
     @staticmethod
     def unavailable() -> str | None:
         """Why this backend cannot run on this machine, or None when it can."""

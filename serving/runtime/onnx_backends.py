@@ -45,6 +45,9 @@ class OnnxBackend(Backend):
         self.images = task.input_kind == IMAGES
         self.name = f"onnxruntime ({self.session.get_providers()[0]}, {self.file})"
 
+    def on_gpu(self) -> bool:
+        return self.session.get_providers()[0] == "CUDAExecutionProvider"
+
     def __call__(self, inputs: Any) -> Any:
         if self.images:
             return [tuple(self._run(x)) for x in inputs]

@@ -124,6 +124,9 @@ class TensorRTBackend(Backend):
     def unavailable() -> str | None:
         return tensorrt_unavailable()
 
+    def on_gpu(self) -> bool:
+        return True
+
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         step = self.max_batch
         return np.concatenate([self._run(batch[i : i + step]) for i in range(0, len(batch), step)])

@@ -34,6 +34,9 @@ class TorchBackend(Backend):
         self.model = model.to(self.device, memory_format=self.memory_format)
         self.name = f"torch ({self.device.type}{', bf16' if self.gpu else ''})"
 
+    def on_gpu(self) -> bool:
+        return self.gpu
+
     def __call__(self, inputs: Any) -> Any:
         with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=self.gpu):
             if self.task.input_kind == IMAGES:  # one call on the list: the model batches the images

@@ -141,7 +141,7 @@ def test_serving_answers_every_request_while_the_gcs_restarts_from_redis(
         cwd = os.readlink(f"/proc/{pid}/cwd")
         killed_at = time.monotonic()
         os.kill(pid, signal.SIGKILL)
-        time.sleep(5)  # the head without its GCS; requests keep coming
+        time.sleep(3)  # the head without its GCS; requests keep coming
         restarted_at = time.monotonic()
         subprocess.Popen(argv, env=environ, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
                          start_new_session=True)  # fmt: skip

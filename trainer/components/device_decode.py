@@ -1,6 +1,7 @@
 """JPEG decoding in batches on the training device (`data.decode: gpu`): loader processes only
 read bytes and check headers; the worker decodes each batch at once (nvJPEG on a GPU, through
-torchvision.io.decode_jpeg) and runs the task's transform there.
+torchvision.io.decode_jpeg) and runs the task's transform there. A serving replica whose model
+runs on a GPU decodes request images the same way (`decode: auto | gpu`).
 
 What the device decoder is not given, or refuses, decodes on the CPU per image with the same
 rules as the CPU path: PNG, WebP and other formats and CMYK JPEGs in the loader process; a JPEG
@@ -9,7 +10,7 @@ BadImageError naming the file, or, with `skip_bad`, dropped and counted."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,7 @@ class Encoded:
     path: str
     data: np.ndarray
     orientation: int = 1
+    size: tuple[int, int] = (0, 0)  # (width, height) as shown, after the EXIF orientation
 
     @property
     def jpeg(self) -> bool:
@@ -45,24 +47,28 @@ class Encoded:
 def decoded(path: str, image: Image.Image) -> Encoded:
     """An RGB image decoded on the CPU already (a format the device decoder does not take, or a
     cached one)."""
-    return Encoded(path, np.ascontiguousarray(np.asarray(image).transpose(2, 0, 1)))
+    return Encoded(path, np.ascontiguousarray(np.asarray(image).transpose(2, 0, 1)), size=image.size)
 
 
 def read_encoded(
-    path: str, max_pixels: int = DEFAULT_MAX_PIXELS, source: str | bytes | None = None
+    path: str,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    source: str | bytes | None = None,
+    formats: Collection[str] | None = None,
 ) -> Encoded:
-    """The file's bytes (or `source`'s: the encoded image a dataset row holds) after the header
-    checks of `open_image` (format, pixel bound); images that are not RGB or grey JPEGs are
-    decoded here instead."""
+    """The file's bytes (or `source`'s: the encoded image a dataset row holds, or a request
+    body) after the header checks of `open_image` (format, pixel bound, `formats`); images that
+    are not RGB or grey JPEGs are decoded here instead."""
     try:
         raw = source if isinstance(source, bytes) else Path(path).read_bytes()
     except OSError as exc:
         raise BadImageError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    with checked_image(raw, max_pixels, name=path) as img:
+    with checked_image(raw, max_pixels, name=path, formats=formats) as img:
         if img.format == "JPEG" and img.mode in ("RGB", "L"):
             orientation = img.getexif().get(EXIF_ORIENTATION, 1)
-            return Encoded(path, np.frombuffer(bytearray(raw), dtype=np.uint8), orientation)
-    return decoded(path, open_image(raw, max_pixels, name=path))
+            size = img.size[::-1] if orientation in (5, 6, 7, 8) else img.size
+            return Encoded(path, np.frombuffer(bytearray(raw), dtype=np.uint8), orientation, size)
+    return decoded(path, open_image(raw, max_pixels, name=path, formats=formats))
 
 
 def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:

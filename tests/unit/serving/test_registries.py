@@ -8,12 +8,15 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from pydantic import ValidationError
+from typer.testing import CliRunner
 
 from serving.app import ServeArgs
-from serving.cli import Backend
+from serving.cli import Backend, Decode
 from serving.export.base import EXPORTERS, ExportError, parse_formats, with_requirements
 from serving.runtime.registry import backend_names, backends_for
+from trainer.cli import app
 from trainer.registry import list_tasks
 from trainer.tasks.base import Task, get_task
 
@@ -35,6 +38,17 @@ def test_serve_args_accept_exactly_the_registered_backends():
         assert ServeArgs(run_dir="runs/x", backend=name).backend == name
     with pytest.raises(ValidationError):
         ServeArgs(run_dir="runs/x", backend="coreml")
+
+
+def test_decode_choices_agree_and_gpu_decoding_without_a_gpu_is_refused_before_a_cluster_starts(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as here, on a GPU machine too
+    schema = json.loads((ROOT / "charts/vft/values.schema.json").read_text())
+    chart = schema["properties"]["serve"]["properties"]["decode"]["enum"]
+    assert chart == ServeArgs.model_json_schema()["properties"]["decode"]["enum"] == [d.value for d in Decode]
+    result = CliRunner().invoke(app, ["serve", str(tmp_path), "--decode", "gpu"])
+    assert result.exit_code == 2 and "--decode gpu" in result.output
 
 
 def test_command_choices_are_the_registered_names():

@@ -15,12 +15,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from starlette.requests import Request
 
-from serving.app import ServeArgs, VftModel
+from serving.app import ServeArgs, VftModel, decode_device
 from serving.bodies import RequestError, batch_images
+from serving.runtime.base import BackendError
+from trainer.components.device_decode import read_encoded
+from trainer.components.images import open_image
 from trainer.tasks.classification.serve import ClassificationHandler
+from trainer.tasks.detection.serve import DetectionHandler
 
 META = {
     "classes": ["cat", "dog"],
@@ -99,11 +104,15 @@ def replica(handler_class=ClassificationHandler, **args):
     model.infer_pool = ThreadPoolExecutor(1)
     model.batch_sizes, model.statuses = Counter(), Counter()
     model.batch_metric = model.status_metric = Metric()
+    model.decode_on = None  # decode threads (Pillow); a test may set a device
 
     async def infer(image):
         return model.handler.run(model.backend, [image])[0]
 
-    model.infer = infer
+    async def infer_encoded(item):
+        return model.handler.run_encoded(model.backend, [item], model.decode_on)[0]
+
+    model.infer, model.infer_encoded = infer, infer_encoded
     return model
 
 
@@ -174,3 +183,69 @@ def test_too_many_multipart_files_are_refused():
     with pytest.raises(RequestError) as caught:
         asyncio.run(batch_images(request(body, content_type), 2, 10**6, 10**7))
     assert caught.value.status == 413
+
+
+def jpeg(size=(40, 24), orientation: int = 1, mode: str = "RGB") -> bytes:
+    image = Image.effect_noise(size, 60).convert(mode)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90, exif=exif)
+    return buffer.getvalue()
+
+
+class Backend:
+    def __init__(self, gpu: bool):
+        self.gpu, self.name = gpu, "stand-in"
+
+    def on_gpu(self) -> bool:
+        return self.gpu
+
+
+def test_request_images_decode_on_the_gpu_only_where_the_model_runs_and_the_task_can():
+    classify, detect = ClassificationHandler(META, top_k=1), DetectionHandler.__new__(DetectionHandler)
+    gpu, cpu = Backend(True), Backend(False)
+    assert decode_device("auto", gpu, classify) == torch.device("cuda")
+    assert decode_device("gpu", gpu, classify) == torch.device("cuda")
+    assert decode_device("auto", cpu, classify) is None
+    assert decode_device("auto", gpu, detect) is None  # detection decodes on the decode threads
+    assert decode_device("cpu", gpu, classify) is None
+    with pytest.raises(BackendError, match="decode: gpu needs the model on a GPU"):
+        decode_device("gpu", cpu, classify)
+    with pytest.raises(BackendError, match="decode: gpu decodes classification requests only"):
+        decode_device("gpu", gpu, detect)
+
+
+def test_device_decoding_preprocesses_a_batch_exactly_as_the_decode_threads_do():
+    """The GPU path run on the CPU device (torchvision's decoder is libjpeg-turbo there, as
+    Pillow's is): EXIF-rotated and grey JPEGs, a CMYK JPEG and a PNG (decoded while read), one
+    batch; each image's model input equals the one-by-one CPU path's."""
+    handler = ClassificationHandler(META, top_k=1)
+    bodies = [jpeg(orientation=6), jpeg((30, 50), mode="L"), jpeg(mode="CMYK"), png((33, 21))]
+    bodies.append(jpeg(orientation=3))
+    pixels = lambda batch: batch.reshape(len(batch), -1)  # noqa: E731 - the backend echoes its input
+    items = [read_encoded("request body", source=body) for body in bodies]
+    assert [item.jpeg for item in items] == [True, True, False, False, True]
+    on_device = handler.run_encoded(pixels, items, torch.device("cpu"))
+    for body, got, item in zip(bodies, on_device, items, strict=True):
+        image = open_image(body)
+        want = handler.run(pixels, [handler.prepare(image)[0]])[0]
+        assert np.abs(got - want).max() < 1e-5
+        assert item.size == image.size
+
+
+def test_with_device_decoding_a_bad_image_fails_alone_and_limits_still_hold():
+    model = replica(max_pixels=100_000)
+    model.decode_on = torch.device("cpu")
+    broken = jpeg((64, 48))
+    body, content_type = multipart(jpeg(), broken[: len(broken) // 2], png((500, 300)), b"GIF89a....")
+    status, out = answer(asyncio.run(model.predict_batch(request(body, content_type, "/v1/predict/batch"))))
+    assert status == 200
+    assert [r["status"] for r in out["results"]] == [200, 400, 413, 400]
+    assert out["results"][0]["predictions"][0]["label"] == "dog"
+    assert "request body" in out["results"][1]["error"]
+    tiff = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(tiff, format="TIFF")
+    model.args = ServeArgs(run_dir="unused", allowed_formats=["JPEG", "PNG"])
+    status, out = answer(asyncio.run(model.predict(request(tiff.getvalue(), "image/tiff"))))
+    assert status == 415 and "TIFF" in out["error"]
