@@ -158,20 +158,19 @@ class VftModel:
         """Device decoding: the header checks, and the bytes (decoded here only when not a JPEG)."""
         return read_encoded("request body", self.args.max_pixels, data, self.args.allowed_formats)
 
+    async def _run_batch(self, size: int, run, *args) -> list:
+        """One backend call on the inference thread, counted by its number of images."""
+        self.batch_sizes[size] += 1
+        self.batch_metric.observe(size)
+        return await asyncio.get_running_loop().run_in_executor(self.infer_pool, run, self.backend, *args)
+
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
     async def infer(self, images: list[np.ndarray]) -> list:
-        self.batch_sizes[len(images)] += 1
-        self.batch_metric.observe(len(images))
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.infer_pool, self.handler.run, self.backend, images)
+        return await self._run_batch(len(images), self.handler.run, images)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
     async def infer_encoded(self, items: list[Encoded]) -> list:
-        self.batch_sizes[len(items)] += 1
-        self.batch_metric.observe(len(items))
-        loop = asyncio.get_running_loop()
-        run = self.handler.run_encoded
-        return await loop.run_in_executor(self.infer_pool, run, self.backend, items, self.decode_on)
+        return await self._run_batch(len(items), self.handler.run_encoded, items, self.decode_on)
 
     def _answer(self, status: int, body: dict) -> JSONResponse:
         self.statuses[status] += 1

@@ -72,7 +72,7 @@ class LocalRay:
 
     def stop(self) -> None:
         # `ray start` itself only while it runs (with --block): an exited one's pid may be reused
-        roots = _naming(str(self.temp_dir)) | ({self.process.pid} if self.process.poll() is None else set())
+        roots = naming(str(self.temp_dir)) | ({self.process.pid} if self.process.poll() is None else set())
         pids = set().union(*(_descendants(p) for p in roots))
         for sig in (signal.SIGTERM, signal.SIGKILL):
             for pid in sorted(pids):
@@ -81,7 +81,7 @@ class LocalRay:
             deadline = time.monotonic() + (4 if sig == signal.SIGTERM else 10)
             while time.monotonic() < deadline and any(_alive(p) for p in pids):
                 time.sleep(0.2)
-            pids = {p for p in pids if _alive(p)} | _naming(str(self.temp_dir))
+            pids = {p for p in pids if _alive(p)} | naming(str(self.temp_dir))
             if not pids:
                 break
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -114,7 +114,8 @@ def start(
     cluster = LocalRay(token, f"http://127.0.0.1:{dash}", temp_dir, process, log, gcs)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if process.poll() not in (None, 0) or (block and process.poll() == 0):
+        code = process.poll()  # without --block, `ray start` exits 0 once the node is up
+        if code is not None and (block or code != 0):
             break
         try:
             if cluster.get("/api/jobs/", token) == 200:
@@ -151,7 +152,7 @@ def _descendants(pid: int) -> set[int]:
     return found
 
 
-def _naming(text: str) -> set[int]:
+def naming(text: str) -> set[int]:
     """Processes whose command line names `text` (this cluster's temp dir)."""
     found = set()
     for entry in Path("/proc").iterdir():

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from local_ray import _naming, clean_env, free_ports, start
+from local_ray import clean_env, free_ports, naming, start
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -72,7 +72,7 @@ def ft_cluster(redis):
 
 def gcs_process(cluster) -> int:
     found = [
-        p for p in _naming(str(cluster.temp_dir)) if b"gcs_server" in Path(f"/proc/{p}/cmdline").read_bytes()
+        p for p in naming(str(cluster.temp_dir)) if b"gcs_server" in Path(f"/proc/{p}/cmdline").read_bytes()
     ]
     assert len(found) == 1, found
     return found[0]
