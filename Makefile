@@ -90,12 +90,13 @@ test-fast: venv lint
 	$(BIN)/pytest -q -m "not integration"
 
 # wrk (Debian's C load generator) drives bench/serve.py's HTTP load without taking the CPU it measures
-bench: venv
+bench: venv $(TOOLS)/moto/bin/moto_server
 	command -v wrk > /dev/null || apt-get install -y -q wrk || echo "no wrk: bench/serve.py uses Python client threads"
 	$(BIN)/python bench/train_step.py
 	$(BIN)/python bench/det_step.py
 	$(BIN)/python bench/serve.py
 	$(BIN)/python bench/tune.py
+	$(BIN)/python bench/object_store.py
 
 clean:
 	rm -rf runs data .pytest_cache .ruff_cache

@@ -21,17 +21,22 @@ import pytest
 import requests
 import torch
 from local_ray import clean_env, free_ports
+from PIL import Image
 from train_tools import SMALL_MODEL
 from typer.testing import CliRunner
 
 from serving.app import ServeArgs, build_local_app
 from trainer.cli import app
-from trainer.components.remote_data import MARKER, localize
+from trainer.components.remote_data import MARKER, fetched, localize
 from trainer.components.runlog import read_metrics_csv
 from trainer.config import load_config
 from trainer.engine.assemble import setup
 from trainer.errors import DataError
 from trainer.tasks.base import get_task
+from trainer.tasks.detection.data import read_detection
+from trainer.tasks.detection.shapes import shapes_detection
+from trainer.tasks.segmentation.data import read_maskfolder
+from trainer.tasks.segmentation.shapes import shapes_segmentation
 
 ROOT = Path(__file__).resolve().parents[2]
 VFT = [sys.executable, "-m", "trainer.cli"]
@@ -93,18 +98,99 @@ def upload_digits(fs, bucket: str, digits_dir: Path, per_class: int = 6) -> list
     return keys
 
 
-def test_an_s3_dataset_is_copied_once_reused_and_refreshed(s3, digits_dir, tmp_path):
+def upload_tree(fs, bucket: str, src: Path, prefix: str) -> None:
+    for file in sorted(p for p in src.rglob("*") if p.is_file()):
+        with fs.open_output_stream(f"{bucket}/{prefix}/{file.relative_to(src)}") as out:
+            out.write(file.read_bytes())
+
+
+def test_an_s3_dataset_is_mirrored_once_and_images_are_fetched_when_read(s3, digits_dir):
+    """The mirror lists every image as an empty placeholder; reading one fetches it; an unchanged
+    listing reuses the mirror; a changed one rebuilds it, keeping the images already fetched."""
     fs, bucket = s3
     keys = upload_digits(fs, bucket, digits_dir)
     local = Path(localize(f"s3://{bucket}/digits/train"))
-    copied = sorted(str(p.relative_to(local)) for p in local.rglob("*.png"))
-    assert copied == sorted(k.split("/digits/train/")[1] for k in keys if "/train/" in k)
+    images = sorted(local.rglob("*.png"))
+    assert sorted(str(p.relative_to(local)) for p in images) == sorted(
+        k.split("/digits/train/")[1] for k in keys if "/train/" in k
+    )
+    assert {p.stat().st_size for p in images} == {0}  # nothing downloaded by the listing
+    first = images[0]
+    original = (digits_dir / "train" / first.relative_to(local)).read_bytes()
+    assert fetched(str(first)) == str(first) and first.read_bytes() == original
+    assert fetched(str(first)) == str(first)  # already there: returned as it is
     stamp = (local / MARKER).stat().st_mtime_ns
-    assert localize(f"s3://{bucket}/digits/train") == str(local)  # unchanged listing: no copy
+    assert localize(f"s3://{bucket}/digits/train") == str(local)  # unchanged listing: no rebuild
     assert (local / MARKER).stat().st_mtime_ns == stamp
     with fs.open_output_stream(f"{bucket}/digits/train/7/new.png") as out:
         out.write(next((digits_dir / "val" / "7").glob("*.png")).read_bytes())
-    assert (Path(localize(f"s3://{bucket}/digits/train")) / "7" / "new.png").is_file()  # refreshed
+    assert localize(f"s3://{bucket}/digits/train") == str(local)
+    assert (local / MARKER).stat().st_mtime_ns != stamp  # rebuilt for the new object
+    assert (local / "7" / "new.png").stat().st_size == 0
+    assert first.read_bytes() == original  # the fetched image survived the rebuild
+    assert sum(p.stat().st_size > 0 for p in local.rglob("*.png")) == 1
+
+
+def test_each_worker_fetches_only_its_shards_images(s3, digits_dir):
+    """Two ranks' setups on one machine's mirror, two epochs each with a loader process: rank 0
+    fetches exactly its fixed training shard and its validation shard, rank 1 adds its own, and
+    together they fetch every image once."""
+    fs, bucket = s3
+    upload_digits(fs, bucket, digits_dir)
+    overrides = [
+        f"data.train=s3://{bucket}/digits/train",
+        f"data.val=s3://{bucket}/digits/val",
+        "data.num_workers=1",
+        "data.batch_size=10",  # 3 whole batches per shard: drop_last leaves none unread
+    ]
+    cfg = load_config(ROOT / "configs/digits.yaml", overrides)
+    shards = []
+    for rank in (0, 1):
+        job = setup(cfg, rank=rank, world=2, device=torch.device("cpu"))
+        train, val = job.train_loader, job.val_loader
+        for epoch in (0, 1):
+            train.sampler.set_epoch(epoch)
+            assert sum(len(batch[0]) for batch in train) == 30
+        assert sum(len(batch[0]) for batch in val) == 30
+        shards.append(
+            {train.dataset.paths[i] for i in train.sampler.indices}
+            | {val.dataset.paths[i] for i in val.sampler.indices}
+        )
+        mirrors = {Path(job.cfg.data.train), Path(job.cfg.data.val)}
+        on_disk = {str(p) for m in mirrors for p in m.rglob("*.png") if p.stat().st_size > 0}
+        assert on_disk == set().union(*shards)
+    assert len(shards[0]) == len(shards[1]) == 60 and not shards[0] & shards[1]
+
+
+def test_index_readers_take_image_sizes_from_ranged_reads(s3, tmp_path):
+    """A mask folder and a COCO file without sizes are read with only their images' first bytes
+    (masks and the JSON are read whole); a JPEG whose size lies past those bytes is fetched."""
+    fs, bucket = s3
+    shapes_segmentation(tmp_path / "seg", n_train=4, n_val=1, size=48)
+    shapes_detection(tmp_path / "det", n_train=4, n_val=1, size=48)
+    coco = tmp_path / "det" / "train" / "annotations.json"
+    doc = json.loads(coco.read_text())
+    for image in doc["images"]:
+        del image["width"], image["height"]
+    late = Image.open(tmp_path / "det" / "train" / "images" / "00000.png").convert("RGB")
+    late.save(tmp_path / "det" / "train" / "images" / "late.jpg", icc_profile=os.urandom(100_000))
+    doc["images"].append({"id": 99, "file_name": "late.jpg"})  # its SOF lies 100 kB in
+    box = {"id": 999, "image_id": 99, "category_id": 1, "bbox": [4, 4, 40, 40], "area": 1600, "iscrowd": 0}
+    doc["annotations"].append(box)
+    coco.write_text(json.dumps(doc))
+    upload_tree(fs, bucket, tmp_path / "seg" / "train", "seg")
+    upload_tree(fs, bucket, tmp_path / "det" / "train", "det")
+
+    masks = read_maskfolder(localize(f"s3://{bucket}/seg"))
+    assert len(masks) == 4 and masks.max_index[0] >= 0
+    assert {Path(p).stat().st_size for p in masks.images} == {0}
+    assert all(Path(p).stat().st_size > 0 for p in masks.masks)
+
+    boxes = read_detection(localize(f"s3://{bucket}/det/annotations.json"))
+    sizes = {Path(p).name: Path(p).stat().st_size for p in boxes.images}
+    assert len(sizes) == 5 and sizes["late.jpg"] > 100_000
+    assert {v for k, v in sizes.items() if k != "late.jpg"} == {0}
+    assert sum(len(b) for b in boxes.boxes) == len(doc["annotations"])  # sizes read right: none dropped
 
 
 def test_a_csv_manifest_in_s3_brings_its_folder(s3, digits_dir):

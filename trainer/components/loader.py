@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from trainer.components.device_decode import JointBatchTransform, decoded, read_encoded
 from trainer.components.images import DEFAULT_MAX_PIXELS, BadImageError, open_image
 from trainer.components.ram_cache import RamCache
+from trainer.components.remote_data import fetched
 
 
 class JointDataset(Dataset):
@@ -48,7 +49,7 @@ class JointDataset(Dataset):
 
     def image_source(self, i: int) -> str | bytes:
         """Sample `i`'s image file, or (a dataset whose rows hold images) its encoded bytes."""
-        return self.samples.images[i]
+        return fetched(self.samples.images[i])
 
     def open(self, i: int):
         return open_image(self.image_source(i), self.max_pixels, name=self.samples.images[i])

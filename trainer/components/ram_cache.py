@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from trainer.components.images import BadImageError
+from trainer.components.remote_data import header
 from trainer.errors import DataError
 
 FIT = 0.6  # at most this share of the memory available now
@@ -81,7 +82,7 @@ def check_fits(paths: list[str], min_side: int | None) -> None:
     total = 0
     for path in paths:
         try:
-            with Image.open(path) as img:
+            with Image.open(header(path)) as img:
                 total += cached_size(*img.size, min_side)
         except (OSError, SyntaxError, ValueError):
             continue  # decoding it will say what is wrong with it

@@ -12,6 +12,7 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from torch.utils.data import DataLoader
 
+from trainer.components.checkpoint import is_remote
 from trainer.components.device_decode import DeviceDecodeLoader, EncodedCollate
 from trainer.components.finetune import ParamLayout, Stage, param_groups, param_layout
 from trainer.components.loader import make_loader
@@ -61,7 +62,9 @@ class Job:
 
 
 def setup(cfg: VftConfig, rank: int, world: int, device: torch.device) -> Job:
-    cfg = cfg.with_data_paths(localize)  # object-store datasets: one local copy per machine
+    # object-store datasets: one mirror per machine, each worker fetching only its shard's images
+    remote = is_remote(cfg.data.train)
+    cfg = cfg.with_data_paths(localize)
     task = get_task(cfg.task)
     t, f, o, s = cfg.train, cfg.finetune, cfg.optim, cfg.schedule
     split = task.read_data(cfg)
@@ -85,6 +88,7 @@ def setup(cfg: VftConfig, rank: int, world: int, device: torch.device) -> Job:
         seed=t.seed,
         decode=resolve_decode(cfg.data.decode, device),
         cache=cfg.data.cache == "ram",
+        fixed_shard=cfg.data.cache == "ram" or remote,
     )
     stages = [Stage(st.epoch, st.blocks, st.lr_mult) for st in f.unfreeze]
     layout = param_layout(built)
@@ -238,12 +242,13 @@ def _setup_data(
     seed: int,
     decode: str = "cpu",
     cache: bool = False,
+    fixed_shard: bool = False,
 ) -> tuple[DataLoader | DeviceDecodeLoader, DataLoader | DeviceDecodeLoader]:
     """The task's datasets and collate functions in sharded (or class-balanced) loaders; with
     `decode='device'` (and a task with `device_decoding`), loaders of undecoded images that
-    decode and transform on `device`; with
-    `cache`, each keeps its shard's images decoded in memory (filled here, before the loader
-    processes start)."""
+    decode and transform on `device`; with `fixed_shard` (and no class balancing) each rank
+    trains on the same images every epoch; with `cache`, each keeps its shard's images decoded
+    in memory (filled here, before the loader processes start)."""
     n, encoded = len(split.classes), decode == "device" and task.device_decoding
     train_ds, val_ds = task.build_datasets(cfg, split, prep, encoded=encoded)
     pin = device.type == "cuda"
@@ -255,7 +260,7 @@ def _setup_data(
         balance_labels=task.balance_labels(cfg, train_ds),
         pin_memory=pin,
         collate_fn=EncodedCollate() if encoded else task.collate(cfg, n, train=True),
-        fixed_shard=cache,
+        fixed_shard=fixed_shard,
         **common,
     )
     val_collate = EncodedCollate() if encoded else task.collate(cfg, n, train=False)

@@ -18,6 +18,7 @@ from trainer.components import hf_data
 from trainer.components.device_decode import decoded, read_encoded
 from trainer.components.images import DEFAULT_MAX_PIXELS, BadImageError, open_image
 from trainer.components.ram_cache import RamCache
+from trainer.components.remote_data import fetched
 from trainer.errors import DataError
 from trainer.registry import DATASET_FORMATS
 
@@ -164,7 +165,9 @@ class ImageDataset(Dataset):
 
     def source(self, i: int) -> str | bytes:
         """Sample `i`'s file, or its encoded image when a dataset's row holds it."""
-        return self.paths[i] if self.images is None else self.images.read(self.rows[i], self.paths[i])
+        if self.images is not None:
+            return self.images.read(self.rows[i], self.paths[i])
+        return fetched(self.paths[i])
 
     def open(self, i: int):
         return open_image(self.source(i), self.max_pixels, name=self.paths[i], min_side=self.min_side)

@@ -21,6 +21,7 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
 from trainer.components.loader import JointDataset
+from trainer.components.remote_data import header
 from trainer.errors import DataError
 from trainer.registry import DATASET_FORMATS
 
@@ -163,7 +164,7 @@ def _coco_size(img: dict, file: Path) -> tuple[int, int]:
 
 def _image_size(path: Path) -> tuple[int, int]:
     try:
-        with Image.open(path) as img:
+        with Image.open(header(path)) as img:
             return img.size
     except OSError as exc:
         raise DataError(f"{path}: cannot read image ({exc})") from exc

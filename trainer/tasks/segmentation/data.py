@@ -16,6 +16,7 @@ from torchvision import tv_tensors
 
 from trainer.components import hf_data
 from trainer.components.loader import JointDataset
+from trainer.components.remote_data import fetched, header
 from trainer.errors import DataError
 from trainer.registry import DATASET_FORMATS
 
@@ -46,12 +47,14 @@ class MaskSamples:
         )
 
     def image_source(self, i: int) -> str | bytes:
-        return (
-            self.images[i] if self.rows is None else self.rows.images.read(self.rows.index[i], self.images[i])
-        )
+        if self.rows is not None:
+            return self.rows.images.read(self.rows.index[i], self.images[i])
+        return fetched(self.images[i])
 
     def mask_source(self, i: int) -> str | bytes:
-        return self.masks[i] if self.rows is None else self.rows.masks.read(self.rows.index[i], self.masks[i])
+        if self.rows is not None:
+            return self.rows.masks.read(self.rows.index[i], self.masks[i])
+        return fetched(self.masks[i])
 
 
 @dataclass
@@ -93,8 +96,8 @@ def _check_pair(image: Path, mask: Path, ignore_index: int) -> int:
     """The mask's largest labelled index, after checking it exists and matches its image's size."""
     if not mask.is_file():
         raise DataError(f"{image}: no mask {mask}")
-    values = read_mask(mask)
-    width, height = _image_size(image)
+    values = read_mask(fetched(str(mask)), str(mask))
+    width, height = _image_size(header(image), str(image))
     if values.shape != (height, width):
         raise DataError(
             f"{mask}: mask is {values.shape[1]}x{values.shape[0]} "
