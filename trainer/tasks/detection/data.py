@@ -10,7 +10,6 @@ annotation of an unknown image. Degenerate boxes (no width or height) are droppe
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,13 +19,13 @@ from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
+from trainer.components.coco import COCO_FILE, load_coco
 from trainer.components.loader import JointDataset
 from trainer.components.remote_data import header
 from trainer.errors import DataError
 from trainer.registry import DATASET_FORMATS
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-COCO_FILE = "annotations.json"
 TOLERANCE = 1.0  # pixels a box may reach past the image border before it is an error
 
 
@@ -103,63 +102,30 @@ def read_coco(path: str | Path) -> BoxSamples:
     image_id, category_id, bbox [x, y, w, h], iscrowd), `categories` (id, name). Images are
     looked up next to the JSON, then in its images/ folder. Crowd annotations are left out
     (as in torchvision's references); classes are the categories ordered by id."""
-    path = Path(path)
-    file = path / COCO_FILE if path.is_dir() else path
-    try:
-        data = json.loads(file.read_text())
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{file}: cannot read COCO annotations ({exc})") from exc
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data.get(key), list):
-            raise DataError(f"{file}: no '{key}' list (not a COCO instances file)")
-    categories = sorted(data["categories"], key=lambda c: c["id"])
-    index = {c["id"]: i for i, c in enumerate(categories)}
-    images = {img["id"]: img for img in data["images"]}
-    per_image: dict = {i: ([], []) for i in images}
-    dropped = 0
-    for n, ann in enumerate(data["annotations"]):
-        where = f"{file}: annotation {ann.get('id', f'#{n}')}"
-        if ann.get("image_id") not in images:
-            raise DataError(f"{where}: image_id {ann.get('image_id')} is not in 'images'")
-        if ann.get("category_id") not in index:
-            raise DataError(
-                f"{where}: unknown category_id {ann.get('category_id')} (categories: {sorted(index)})"
-            )
-        if ann.get("iscrowd", 0):
-            continue
-        img = images[ann["image_id"]]
-        try:
-            x, y, w, h = (float(v) for v in ann["bbox"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise DataError(f"{where}: bbox must be [x, y, width, height] ({exc})") from exc
-        box = _check_box((x, y, x + w, y + h), *_coco_size(img, file), f"{where} ({img['file_name']})")
-        if box is None:
-            dropped += 1
-            continue
-        per_image[img["id"]][0].append(box)
-        per_image[img["id"]][1].append(index[ann["category_id"]])
-    files, boxes, labels = [], [], []
-    for image_id, img in images.items():
-        files.append(str(_coco_image(img, file)))
-        b, lab = _pack(*per_image[image_id])
+    coco = load_coco(path)
+    index = coco.class_index
+    files, boxes, labels, dropped = [], [], [], 0
+    for image_id, img in coco.images.items():
+        kept, classes = [], []
+        for ann in coco.annotations[image_id]:
+            if ann.get("iscrowd", 0):
+                continue
+            where = coco.where(ann)
+            try:
+                x, y, w, h = (float(v) for v in ann["bbox"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise DataError(f"{where}: bbox must be [x, y, width, height] ({exc})") from exc
+            box = _check_box((x, y, x + w, y + h), *coco.image_size(img), f"{where} ({img['file_name']})")
+            if box is None:
+                dropped += 1
+                continue
+            kept.append(box)
+            classes.append(index[ann["category_id"]])
+        files.append(str(coco.image_path(img)))
+        b, lab = _pack(kept, classes)
         boxes.append(b)
         labels.append(lab)
-    if not files:
-        raise DataError(f"{file}: no images")
-    return BoxSamples(files, boxes, labels, [str(c["name"]) for c in categories], dropped)
-
-
-def _coco_image(img: dict, file: Path) -> Path:
-    for folder in (file.parent, file.parent / "images"):
-        if (folder / img["file_name"]).is_file():
-            return folder / img["file_name"]
-    raise DataError(f"{file}: image {img['id']}: {img['file_name']} not found next to the JSON or in images/")
-
-
-def _coco_size(img: dict, file: Path) -> tuple[int, int]:
-    if "width" in img and "height" in img:
-        return int(img["width"]), int(img["height"])
-    return _image_size(_coco_image(img, file))
+    return BoxSamples(files, boxes, labels, [str(c["name"]) for c in coco.categories], dropped)
 
 
 def _image_size(path: Path) -> tuple[int, int]:

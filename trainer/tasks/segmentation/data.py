@@ -1,6 +1,7 @@
 """Segmentation data: the `maskfolder` format (ROOT/images/*.png|jpg + ROOT/masks/<stem>.png of
-class indices, `ignore_index` = not labelled, optional ROOT/classes.txt) and Hugging Face
-datasets with an image and a mask column, the dataset applying joint image+mask transforms
+class indices, `ignore_index` = not labelled, optional ROOT/classes.txt), COCO instances files
+(polygons or RLE, drawn into class masks) and Hugging Face datasets with an image and a mask
+column, the dataset applying joint image+mask transforms
 (torchvision.transforms.v2 with tv_tensors.Mask), and its collate."""
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from PIL import Image
 from torchvision import tv_tensors
 
 from trainer.components import hf_data
+from trainer.components.coco import COCO_FILE, CocoIndex, check_segmentation, load_coco, semantic_mask
 from trainer.components.loader import JointDataset
 from trainer.components.remote_data import fetched, header
 from trainer.errors import DataError
@@ -27,10 +29,12 @@ CLASSES_FILE = "classes.txt"
 @dataclass
 class MaskSamples:
     images: list[str]  # files, or the names of dataset rows (`rows` reads those)
-    masks: list[str]
+    masks: list[str]  # files, or names (`rows` or `drawn` gives those masks)
     max_index: list[int] = field(default_factory=list)  # largest labelled class index per mask
     root: str = ""
     rows: RowPairs | None = None  # images and masks held in a dataset's rows
+    drawn: DrawnMasks | None = None  # masks drawn from a COCO file's annotations
+    classes: list[str] | None = None  # the class names, when the format names them
 
     def __len__(self) -> int:
         return len(self.images)
@@ -38,12 +42,15 @@ class MaskSamples:
     def subset(self, idx) -> MaskSamples:
         pick = [int(i) for i in idx]
         rows = self.rows.subset(pick) if self.rows is not None else None
+        drawn = self.drawn.subset(pick) if self.drawn is not None else None
         return MaskSamples(
             [self.images[i] for i in pick],
             [self.masks[i] for i in pick],
             [self.max_index[i] for i in pick],
             self.root,
             rows,
+            drawn,
+            self.classes,
         )
 
     def image_source(self, i: int) -> str | bytes:
@@ -51,9 +58,11 @@ class MaskSamples:
             return self.rows.images.read(self.rows.index[i], self.images[i])
         return fetched(self.images[i])
 
-    def mask_source(self, i: int) -> str | bytes:
+    def mask_source(self, i: int) -> str | bytes | np.ndarray:
         if self.rows is not None:
             return self.rows.masks.read(self.rows.index[i], self.masks[i])
+        if self.drawn is not None:
+            return self.drawn.draw(i)
         return fetched(self.masks[i])
 
 
@@ -69,9 +78,26 @@ class RowPairs:
         return RowPairs(self.images, self.masks, [self.index[i] for i in pick])
 
 
-def read_mask(source: str | Path | bytes, name: str | None = None) -> np.ndarray:
+@dataclass
+class DrawnMasks:
+    """A COCO file's annotations, drawn into each sample's class mask when it is read."""
+
+    coco: CocoIndex
+    image_ids: list[int]
+    ignore_index: int
+
+    def subset(self, pick: list[int]) -> DrawnMasks:
+        return DrawnMasks(self.coco, [self.image_ids[i] for i in pick], self.ignore_index)
+
+    def draw(self, i: int) -> np.ndarray:
+        return semantic_mask(self.coco, self.image_ids[i], self.ignore_index)
+
+
+def read_mask(source: str | Path | bytes | np.ndarray, name: str | None = None) -> np.ndarray:
     """A mask PNG (a file, or its bytes named `name`) as (H, W) uint8 class indices; it must be
-    single-channel (L or P mode)."""
+    single-channel (L or P mode). A drawn mask (an array) is returned as it is."""
+    if isinstance(source, np.ndarray):
+        return source
     path = name or "<bytes>" if isinstance(source, bytes) else source
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
@@ -122,6 +148,37 @@ def read_maskfolder(root: str | Path, ignore_index: int = 255) -> MaskSamples:
     return MaskSamples([str(p) for p in images], [str(p) for p in masks], max_index, str(root))
 
 
+def read_coco_masks(path: str | Path, ignore_index: int = 255) -> MaskSamples:
+    """A COCO instances file (or a folder holding annotations.json, images next to it or in
+    images/): each image's objects (polygons or RLE) drawn into a class mask when read, classes
+    `background` + the categories by id, crowd regions not labelled (`ignore_index`). Every
+    annotation is checked here (`check_segmentation`), naming it, before anything trains."""
+    coco = load_coco(path)
+    index = coco.class_index
+    images, names, max_index = [], [], []
+    for image_id, img in coco.images.items():
+        width, height = coco.image_size(img)
+        top = 0
+        for ann in coco.annotations[image_id]:
+            check_segmentation(ann, width, height, coco.where(ann))
+            if not ann.get("iscrowd", 0):
+                top = max(top, index[ann["category_id"]] + 1)
+        images.append(str(coco.image_path(img)))
+        names.append(f"{coco.file}: image {image_id}")
+        max_index.append(top)
+    classes = ["background", *(str(c["name"]) for c in coco.categories)]
+    drawn = DrawnMasks(coco, list(coco.images), ignore_index)
+    return MaskSamples(images, names, max_index, str(coco.file.parent), drawn=drawn, classes=classes)
+
+
+def read_masks(path: str, fmt: str = "auto", ignore_index: int = 255) -> MaskSamples:
+    """A COCO file or a mask folder: `fmt`, or for auto a COCO file when `path` is a .json or a
+    folder holding annotations.json."""
+    if fmt == "auto":
+        fmt = "coco" if path.endswith(".json") or Path(path, COCO_FILE).is_file() else "maskfolder"
+    return (read_coco_masks if fmt == "coco" else read_maskfolder)(path, ignore_index)
+
+
 def read_hf_masks(
     source: str, split: str | None, options: hf_data.HfOptions, ignore_index: int = 255
 ) -> MaskSamples:
@@ -143,8 +200,10 @@ def read_hf_masks(
 
 
 def read_classes(samples: MaskSamples, *others: MaskSamples) -> list[str]:
-    """ROOT/classes.txt (one name per line), else the indices 0..max found in the masks of
-    `samples` and `others`."""
+    """The format's own names (COCO's categories), else ROOT/classes.txt (one name per line),
+    else the indices 0..max found in the masks of `samples` and `others`."""
+    if samples.classes:
+        return samples.classes
     listing = Path(samples.root, CLASSES_FILE)
     if samples.root and listing.is_file():
         names = [line.strip() for line in listing.read_text().splitlines() if line.strip()]

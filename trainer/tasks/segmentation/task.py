@@ -25,7 +25,7 @@ from trainer.tasks.segmentation.data import (
     check_class_indices,
     read_classes,
     read_hf_masks,
-    read_maskfolder,
+    read_masks,
 )
 from trainer.tasks.segmentation.evaluate import SegmentationEval
 from trainer.tasks.segmentation.metrics import SegmentationMetrics
@@ -75,8 +75,10 @@ class Segmentation(Task):
                 else None
             )
         else:
-            train = read_maskfolder(d.train, d.ignore_index)
-            val = read_maskfolder(d.val, d.ignore_index) if d.val else None
+            train = read_masks(d.train, d.format, d.ignore_index)
+            val = read_masks(d.val, d.format, d.ignore_index) if d.val else None
+            if val is not None and None not in (val.classes, train.classes) and val.classes != train.classes:
+                raise DataError(f"data.val: {d.val} has classes {val.classes}, data.train {train.classes}")
         if val is None:
             train, val = split_samples(train, d.val_fraction, d.split_seed)
         # a dataset's masks are the only source of its classes (no classes.txt): both splits count

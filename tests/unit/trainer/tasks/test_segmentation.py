@@ -5,18 +5,23 @@ Ray run: tests/integration/test_segmentation_train.py."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from pycocotools import mask as mask_utils
 from torchvision import tv_tensors
 from typer.testing import CliRunner
 
 from trainer.cli import app
 from trainer.components.preprocess import Preprocessing, eval_transform, train_transform
-from trainer.config import CropAugmentConfig
+from trainer.config import CropAugmentConfig, load_config
+from trainer.engine.assemble import setup
+from trainer.tasks.base import get_task
+from trainer.tasks.segmentation.data import read_classes, read_coco_masks, read_mask, read_maskfolder
 from trainer.tasks.segmentation.metrics import SegmentationMetrics
 from trainer.tasks.segmentation.shapes import shapes_segmentation
 
@@ -133,3 +138,49 @@ def test_config_rejects_settings_segmentation_cannot_use(tmp_path):
         paths = [f"data.train={data}/train", f"data.val={data}/val"]
         result = vft("validate", ROOT / "configs/shapes_segmentation.yaml", *paths, override)
         assert result.exit_code == 2 and field in result.output, (override, result.output)
+
+
+# ----------------------------------------------------------------------------- COCO files
+
+
+def test_a_coco_file_reads_as_the_same_class_masks_as_its_mask_folder(tmp_path):
+    """The shapes mask folder re-annotated as COCO (one RLE per class and image, beside
+    images/): the drawn masks equal the PNG masks, classes are background + the categories, and
+    the task reads it by format detection and trains on it (a batch through the loader)."""
+    shapes_segmentation(tmp_path / "seg", n_train=6, n_val=2, size=32, seed=1)
+    root = tmp_path / "seg" / "train"
+    names = (root / "classes.txt").read_text().split()
+    images, annotations = [], []
+    for image_id, png in enumerate(sorted((root / "images").glob("*.png")), start=1):
+        mask = np.asarray(Image.open(root / "masks" / png.name))
+        images.append({"id": image_id, "file_name": png.name, "width": 32, "height": 32})
+        for value in sorted(set(np.unique(mask)) - {0}):
+            rle = mask_utils.encode(np.asfortranarray((mask == value).astype(np.uint8)))
+            segmentation = {"size": rle["size"], "counts": rle["counts"].decode()}
+            annotations.append(
+                {"id": len(annotations) + 1, "image_id": image_id, "category_id": int(value), "iscrowd": 0}
+                | {"segmentation": segmentation}
+            )
+    categories = [{"id": k, "name": name} for k, name in enumerate(names) if k]
+    doc = {"images": images, "annotations": annotations, "categories": categories}
+    (root / "coco.json").write_text(json.dumps(doc))
+
+    folder, coco = read_maskfolder(root), read_coco_masks(root / "coco.json")
+    assert coco.images == folder.images and coco.max_index == folder.max_index
+    assert read_classes(coco) == names
+    for i in range(len(folder)):
+        assert np.array_equal(read_mask(coco.mask_source(i)), read_mask(folder.mask_source(i)))
+
+    overrides = [
+        f"data.train={root / 'coco.json'}",
+        "data.val=null",
+        "data.format=auto",
+        "data.num_workers=0",
+    ]
+    cfg = load_config(ROOT / "configs/shapes_segmentation.yaml", overrides)
+    split = get_task("segmentation").read_data(cfg)
+    assert split.classes == names and len(split.train) + len(split.val) == 6
+    job = setup(cfg, rank=0, world=1, device=torch.device("cpu"))
+    images_batch, masks_batch, _ = next(iter(job.train_loader))
+    assert images_batch.shape[1:] == (3, 64, 64) and masks_batch.shape[1:] == (64, 64)  # data.img_size
+    assert set(masks_batch.unique().tolist()) <= set(range(len(names))) | {255}
