@@ -22,6 +22,7 @@ from torchvision.transforms.v2 import functional as F
 from trainer.components.coco import COCO_FILE, load_coco
 from trainer.components.loader import JointDataset
 from trainer.components.remote_data import header
+from trainer.components.yolo import label_lines, yolo_classes
 from trainer.errors import DataError
 from trainer.registry import DATASET_FORMATS
 
@@ -145,7 +146,7 @@ def read_yolo(path: str | Path) -> BoxSamples:
     to [0, 1]); an image without a label file has no objects. Class names from
     ROOT/classes.txt (one per line) or the `names` of ROOT/data.yaml."""
     root = Path(path)
-    classes = _yolo_classes(root)
+    classes = yolo_classes(root)
     images = sorted(p for p in (root / "images").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
         raise DataError(f"{root / 'images'}: no images")
@@ -158,36 +159,16 @@ def read_yolo(path: str | Path) -> BoxSamples:
     return BoxSamples([str(p) for p in images], boxes, labels, classes, dropped)
 
 
-def _yolo_classes(root: Path) -> list[str]:
-    listing, spec = root / "classes.txt", root / "data.yaml"
-    if listing.is_file():
-        names = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
-    elif spec.is_file():
-        import yaml
-
-        names = (yaml.safe_load(spec.read_text()) or {}).get("names", [])
-        names = [names[k] for k in sorted(names)] if isinstance(names, dict) else list(names)
-    else:
-        raise DataError(f"{root}: no classes.txt or data.yaml with the class names")
-    if not names:
-        raise DataError(f"{root}: no class names")
-    return [str(n) for n in names]
-
-
 def _read_yolo_labels(file: Path, size: tuple[int, int], num_classes: int):
     boxes, labels, dropped = [], [], 0
     if not file.is_file():
         return *_pack(boxes, labels), dropped
     width, height = size
-    for n, line in enumerate(file.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{file}:{n}"
-        parts = line.split()
+    for where, parts in label_lines(file):
         try:
             cls, cx, cy, w, h = int(parts[0]), *(float(v) for v in parts[1:])
         except ValueError as exc:
-            raise DataError(f"{where}: expected 'class cx cy w h', got '{line.strip()}'") from exc
+            raise DataError(f"{where}: expected 'class cx cy w h', got '{' '.join(parts)}'") from exc
         if not 0 <= cls < num_classes:
             raise DataError(f"{where}: unknown class id {cls} ({num_classes} classes: 0..{num_classes - 1})")
         xyxy = ((cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height)

@@ -54,10 +54,11 @@ class SegmentationModel(ModelConfig):
 class SegmentationData(ImageInputDataConfig):
     train: str = Field(
         description="mask folder: images/ + masks/ (class indices), optional classes.txt; a COCO "
-        "instances file (polygons or RLE; or a folder holding annotations.json); or a Hugging "
+        "instances file (polygons or RLE; or a folder holding annotations.json); a YOLO "
+        "segmentation folder (images/ + labels/ of normalised polygons); or a Hugging "
         "Face dataset with an image and a mask column (hf:<hub id>, save_to_disk, Parquet)"
     )
-    format: Literal["auto", "maskfolder", "coco", "hf"] = "auto"
+    format: Literal["auto", "maskfolder", "coco", "yolo", "hf"] = "auto"
     hf: HfDataSection = HfDataSection()
     ignore_index: int = Field(255, ge=0, le=255, description="mask value left out")
 

@@ -6,9 +6,12 @@ column, the dataset applying joint image+mask transforms
 
 from __future__ import annotations
 
+import functools
 import io
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,9 +19,10 @@ from PIL import Image
 from torchvision import tv_tensors
 
 from trainer.components import hf_data
-from trainer.components.coco import COCO_FILE, CocoIndex, check_segmentation, load_coco, semantic_mask
+from trainer.components.coco import COCO_FILE, check_segmentation, load_coco, semantic_mask
 from trainer.components.loader import JointDataset
 from trainer.components.remote_data import fetched, header
+from trainer.components.yolo import polygon_class_mask, read_polygons, yolo_classes
 from trainer.errors import DataError
 from trainer.registry import DATASET_FORMATS
 
@@ -80,17 +84,17 @@ class RowPairs:
 
 @dataclass
 class DrawnMasks:
-    """A COCO file's annotations, drawn into each sample's class mask when it is read."""
+    """Annotations drawn into each sample's class mask when it is read: `draw_one(key)` with
+    the sample's key (a COCO image id; a YOLO label's polygons and image size)."""
 
-    coco: CocoIndex
-    image_ids: list[int]
-    ignore_index: int
+    draw_one: Callable[[Any], np.ndarray]
+    keys: list
 
     def subset(self, pick: list[int]) -> DrawnMasks:
-        return DrawnMasks(self.coco, [self.image_ids[i] for i in pick], self.ignore_index)
+        return DrawnMasks(self.draw_one, [self.keys[i] for i in pick])
 
     def draw(self, i: int) -> np.ndarray:
-        return semantic_mask(self.coco, self.image_ids[i], self.ignore_index)
+        return self.draw_one(self.keys[i])
 
 
 def read_mask(source: str | Path | bytes | np.ndarray, name: str | None = None) -> np.ndarray:
@@ -167,16 +171,51 @@ def read_coco_masks(path: str | Path, ignore_index: int = 255) -> MaskSamples:
         names.append(f"{coco.file}: image {image_id}")
         max_index.append(top)
     classes = ["background", *(str(c["name"]) for c in coco.categories)]
-    drawn = DrawnMasks(coco, list(coco.images), ignore_index)
+    drawn = DrawnMasks(functools.partial(semantic_mask, coco, ignore_index=ignore_index), list(coco.images))
     return MaskSamples(images, names, max_index, str(coco.file.parent), drawn=drawn, classes=classes)
 
 
+def read_yolo_masks(root: str | Path, ignore_index: int = 255) -> MaskSamples:
+    """ROOT/images/* + ROOT/labels/<stem>.txt, one object per line, `class x1 y1 x2 y2 ...` (a
+    polygon normalised to [0, 1], Ultralytics' segmentation labels), class names from
+    ROOT/classes.txt or ROOT/data.yaml: classes `background` + those names, objects drawn into
+    a class mask when read (largest first). Every line is checked here, naming file and line."""
+    root = Path(root)
+    names = yolo_classes(root)
+    images = sorted(p for p in (root / "images").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise DataError(f"{root / 'images'}: no .png/.jpg images")
+    keys, max_index = [], []
+    for image in images:
+        width, height = _image_size(header(image), str(image))
+        objects = read_polygons(root / "labels" / f"{image.stem}.txt", len(names), width, height)
+        keys.append((objects, width, height))
+        max_index.append(max((cls + 1 for cls, _ in objects), default=0))
+    labels = [str(root / "labels" / f"{p.stem}.txt") for p in images]
+    classes = ["background", *names]
+    return MaskSamples(
+        [str(p) for p in images], labels, max_index, drawn=DrawnMasks(_draw_polygons, keys), classes=classes
+    )
+
+
+def _draw_polygons(key: tuple) -> np.ndarray:
+    return polygon_class_mask(*key)
+
+
+MASK_READERS = {"coco": read_coco_masks, "yolo": read_yolo_masks, "maskfolder": read_maskfolder}
+
+
 def read_masks(path: str, fmt: str = "auto", ignore_index: int = 255) -> MaskSamples:
-    """A COCO file or a mask folder: `fmt`, or for auto a COCO file when `path` is a .json or a
-    folder holding annotations.json."""
+    """A COCO file, a YOLO segmentation folder or a mask folder: `fmt`, or for auto COCO when
+    `path` is a .json or a folder holding annotations.json, YOLO for a folder with images/ and
+    labels/, else a mask folder."""
     if fmt == "auto":
-        fmt = "coco" if path.endswith(".json") or Path(path, COCO_FILE).is_file() else "maskfolder"
-    return (read_coco_masks if fmt == "coco" else read_maskfolder)(path, ignore_index)
+        folder = Path(path)
+        if path.endswith(".json") or (folder / COCO_FILE).is_file():
+            fmt = "coco"
+        else:
+            fmt = "yolo" if (folder / "images").is_dir() and (folder / "labels").is_dir() else "maskfolder"
+    return MASK_READERS[fmt](path, ignore_index)
 
 
 def read_hf_masks(

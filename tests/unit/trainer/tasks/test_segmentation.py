@@ -17,11 +17,19 @@ from torchvision import tv_tensors
 from typer.testing import CliRunner
 
 from trainer.cli import app
+from trainer.components.coco import annotation_mask
 from trainer.components.preprocess import Preprocessing, eval_transform, train_transform
 from trainer.config import CropAugmentConfig, load_config
 from trainer.engine.assemble import setup
+from trainer.errors import DataError
 from trainer.tasks.base import get_task
-from trainer.tasks.segmentation.data import read_classes, read_coco_masks, read_mask, read_maskfolder
+from trainer.tasks.segmentation.data import (
+    read_classes,
+    read_coco_masks,
+    read_mask,
+    read_maskfolder,
+    read_masks,
+)
 from trainer.tasks.segmentation.metrics import SegmentationMetrics
 from trainer.tasks.segmentation.shapes import shapes_segmentation
 
@@ -184,3 +192,43 @@ def test_a_coco_file_reads_as_the_same_class_masks_as_its_mask_folder(tmp_path):
     images_batch, masks_batch, _ = next(iter(job.train_loader))
     assert images_batch.shape[1:] == (3, 64, 64) and masks_batch.shape[1:] == (64, 64)  # data.img_size
     assert set(masks_batch.unique().tolist()) <= set(range(len(names))) | {255}
+
+
+def write_yolo_seg(root: Path, lines: list[str]) -> Path:
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    Image.new("RGB", (40, 20)).save(root / "images" / "a.png")
+    Image.new("RGB", (40, 20)).save(root / "images" / "b.png")  # no label file: background only
+    (root / "labels" / "a.txt").write_text("\n".join(lines) + "\n")
+    (root / "data.yaml").write_text("names: {0: ant, 1: cat}\n")
+    return root
+
+
+def test_yolo_segmentation_labels_draw_class_masks_as_coco_polygons_do(tmp_path):
+    """Normalised polygons in pixels of a 40x20 image: the same pixels as the COCO polygon,
+    class k drawn as k + 1 (background 0), the smaller object on top, found by `auto`."""
+    big = "0 0.1 0.1 0.9 0.1 0.9 0.9 0.1 0.9"  # ant: 4..36 x 2..18
+    small = "1 0.25 0.25 0.5 0.25 0.5 0.75"  # cat: a triangle inside it
+    samples = read_masks(str(write_yolo_seg(tmp_path / "y", [small, big])))
+    assert read_classes(samples) == ["background", "ant", "cat"] and samples.max_index == [2, 0]
+    drawn = read_mask(samples.mask_source(0))
+    ant = annotation_mask({"segmentation": [[4, 2, 36, 2, 36, 18, 4, 18]]}, 40, 20, "ant")
+    cat = annotation_mask({"segmentation": [[10, 5, 20, 5, 20, 15]]}, 40, 20, "cat")
+    assert np.array_equal(drawn == 2, cat) and np.array_equal(drawn == 1, ant & ~cat)
+    assert not read_mask(samples.mask_source(1)).any()
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("2 0.1 0.1 0.5 0.1 0.5 0.5", "unknown class id 2"),
+        ("0 0.1 0.1 0.5 0.1", "at least 3 points"),
+        ("0 0.1 0.1 0.5 0.1 1.5 0.5", r"normalised to \[0, 1\]"),
+        ("0 0.1 0.1 0.2 0.2 0.3 0.3", "degenerate polygon"),
+        ("ant 0.1 0.1 0.5 0.1 0.5 0.5", "expected 'class x1 y1 x2 y2 ...'"),
+    ],
+)
+def test_a_bad_yolo_segmentation_line_is_an_error_naming_file_and_line(tmp_path, line, message):
+    root = write_yolo_seg(tmp_path / "y", ["1 0.2 0.2 0.6 0.2 0.6 0.6", line])
+    with pytest.raises(DataError, match=rf"labels/a.txt:2: .*{message}"):
+        read_masks(str(root), "yolo")
