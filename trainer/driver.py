@@ -29,6 +29,7 @@ from rich.table import Table
 
 from trainer import errors
 from trainer.components import checkpoint as ckpt
+from trainer.components import remote_data
 from trainer.components.runlog import read_bytes, read_metrics_csv, write_text
 from trainer.components.tracking import Tracker, open_tracker
 from trainer.config import VftConfig, to_yaml
@@ -87,14 +88,23 @@ def use_gpu(cfg: VftConfig) -> bool:
     return bool(cfg.scaling.use_gpu)
 
 
-def make_trainer(cfg: VftConfig, run_dir: str, board=None, callbacks: list | None = None):
+def make_trainer(
+    cfg: VftConfig, run_dir: str, board=None, callbacks: list | None = None, data_listings: dict | None = None
+):
+    """The run's TorchTrainer. Its workers get `data_listings` (default: what this process's
+    `localize` saw, e.g. `vft train`'s data check) to reuse their machine's dataset mirror."""
     gpu = use_gpu(cfg)
     s = cfg.scaling
     resources = {"CPU": s.cpus_per_worker, **({"GPU": s.gpus_per_worker} if gpu else {})}
     storage = run_dir.rsplit("/", 1)[0] if ckpt.is_remote(run_dir) else str(Path(run_dir).parent)
     return TorchTrainer(
         train_worker,
-        train_loop_config={"config": cfg.model_dump(mode="json"), "run_dir": run_dir, "board": board},
+        train_loop_config={
+            "config": cfg.model_dump(mode="json"),
+            "run_dir": run_dir,
+            "board": board,
+            "data_listings": remote_data.listed() if data_listings is None else data_listings,
+        },
         scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=gpu, resources_per_worker=resources),
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
         run_config=RunConfig(

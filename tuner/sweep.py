@@ -49,6 +49,7 @@ import yaml
 
 from trainer import errors
 from trainer.components import checkpoint as ckpt
+from trainer.components import remote_data
 from trainer.components.runlog import read_metrics_csv, read_text, write_metrics_csv, write_text
 from trainer.components.tracking import Tracker
 from trainer.config import VftConfig, build_config, merge, to_yaml
@@ -94,6 +95,7 @@ class TrialPlan:
     mode: str
     checkpoints_to_tune: bool
     parent: dict | None = None  # the sweep's MLflow run (tuner/tracking.py): trials are its children
+    data_listings: dict | None = None  # the object-store listings the sweep's data check saw
 
 
 def trial_config(plan: TrialPlan, params: dict, trial_id: str) -> VftConfig:
@@ -126,7 +128,7 @@ def run_trial(params: dict, plan: TrialPlan) -> None:
     run_dir = run_dir_of(cfg)
     adopt_checkpoint(tune.get_checkpoint(), run_dir)
     write_text(ckpt.join(run_dir, "config.yaml"), to_yaml(cfg))
-    fit_and_forward(cfg, run_dir, plan.checkpoints_to_tune, plan.parent)
+    fit_and_forward(cfg, run_dir, plan.checkpoints_to_tune, plan.parent, plan.data_listings)
 
 
 def adopt_checkpoint(checkpoint, run_dir: str) -> None:
@@ -181,7 +183,11 @@ run_trial.__mixins__ = (StopTrainRun,)  # Tune's extension point for function tr
 
 
 def fit_and_forward(
-    cfg: VftConfig, run_dir: str, checkpoints_to_tune: bool, parent: dict | None = None
+    cfg: VftConfig,
+    run_dir: str,
+    checkpoints_to_tune: bool,
+    parent: dict | None = None,
+    data_listings: dict | None = None,
 ) -> None:
     """Fit in a thread; pass each epoch's report to Tune (and the trial's tracker, a child of
     the sweep's run) from this (the trial's) thread. The last epoch (or early stopping) ends the
@@ -192,7 +198,7 @@ def fit_and_forward(
         tracker.begin(run_info(cfg, run_dir, ray.cluster_resources(), [], parent))
         tracker.sync(read_metrics_csv(ckpt.join(run_dir, "metrics.csv")))  # a restored trial
     try:
-        _fit_and_forward(cfg, run_dir, checkpoints_to_tune, tracker)
+        _fit_and_forward(cfg, run_dir, checkpoints_to_tune, tracker, data_listings)
     except BaseException:
         # Tune stopping the trial (a scheduler, or the end of a finished one) is no failure;
         # tuner/tracking.py's finish_sweep sets the final state from Tune's verdict either way
@@ -201,9 +207,11 @@ def fit_and_forward(
     tracker.finish("FINISHED", tracked_files(run_dir, {}))
 
 
-def _fit_and_forward(cfg: VftConfig, run_dir: str, checkpoints_to_tune: bool, tracker: Tracker) -> None:
+def _fit_and_forward(
+    cfg: VftConfig, run_dir: str, checkpoints_to_tune: bool, tracker: Tracker, data_listings: dict | None
+) -> None:
     mailbox = Mailbox.remote()
-    trainer = make_trainer(cfg, run_dir, callbacks=[ForwardReports(mailbox)])
+    trainer = make_trainer(cfg, run_dir, callbacks=[ForwardReports(mailbox)], data_listings=data_listings)
     outcome: dict = {}
 
     def fit() -> None:
@@ -305,6 +313,7 @@ def make_tuner(cfg: VftConfig, space: Space, tune_dir: str, concurrent: int, par
         mode=space.mode,
         checkpoints_to_tune=uses_checkpoints(space),
         parent=parent,
+        data_listings=remote_data.listed(),
     )
     trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), {"cpu": DRIVER_CPUS})
     experiment = ckpt.join(tune_dir, EXPERIMENT)

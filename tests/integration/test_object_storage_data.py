@@ -27,7 +27,7 @@ from typer.testing import CliRunner
 
 from serving.app import ServeArgs, build_local_app
 from trainer.cli import app
-from trainer.components.remote_data import MARKER, fetched, localize
+from trainer.components.remote_data import MARKER, fetched, listed, localize
 from trainer.components.runlog import read_metrics_csv
 from trainer.config import load_config
 from trainer.engine.assemble import setup
@@ -129,6 +129,23 @@ def test_an_s3_dataset_is_mirrored_once_and_images_are_fetched_when_read(s3, dig
     assert (local / "7" / "new.png").stat().st_size == 0
     assert first.read_bytes() == original  # the fetched image survived the rebuild
     assert sum(p.stat().st_size > 0 for p in local.rglob("*.png")) == 1
+
+
+def test_workers_reuse_the_listing_their_driver_saw(s3, digits_dir, monkeypatch, tmp_path):
+    """`localize(uri, listed())`: a worker on the driver's machine takes the mirror of the
+    driver's listing without listing again (an object added since is not in it); a machine
+    without that mirror lists for itself."""
+    fs, bucket = s3
+    upload_digits(fs, bucket, digits_dir, per_class=2)
+    uri = f"s3://{bucket}/digits/train"
+    local = localize(uri)  # the driver's data check
+    hint = listed()
+    assert hint[uri][2] == json.loads((Path(local) / MARKER).read_text())["digest"]
+    with fs.open_output_stream(f"{bucket}/digits/train/7/late.png") as out:
+        out.write(next((digits_dir / "val" / "7").glob("*.png")).read_bytes())
+    assert localize(uri, hint) == local and not (Path(local) / "7" / "late.png").exists()
+    monkeypatch.setenv("VFT_DATA_CACHE", str(tmp_path / "other-machine"))
+    assert (Path(localize(uri, hint)) / "7" / "late.png").is_file()
 
 
 def test_each_worker_fetches_only_its_shards_images(s3, digits_dir):

@@ -13,7 +13,8 @@ through `header(path)`: a ranged read, not the whole object.
 
 The mirror is rebuilt when the listing (names, sizes, times) changes, keeping the images
 already fetched that did not change, and workers on one machine wait for one build (a file
-lock)."""
+lock). A run lists each prefix once per machine: its driver's listings (`listed()`) travel to
+the workers, which take a mirror of the same listing as it is."""
 
 from __future__ import annotations
 
@@ -49,11 +50,23 @@ def cache_root() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "vft" / "datasets")
 
 
-def localize(uri: str) -> str:
+_LISTED: dict[str, list] = {}  # URI -> [mirror base, file name or "", listing digest] seen here
+
+
+def localize(uri: str, listed: dict[str, list] | None = None) -> str:
     """A local path for `uri`: itself when local, else its place in this machine's mirror (built
-    or refreshed here). DataError naming the URI when it cannot be listed or copied."""
+    or refreshed here). With `listed` (the run's driver's `listed()`), a mirror of the listing
+    the driver saw is used without listing the prefix again: one listing per machine and run,
+    however many workers, restarts and trials. DataError naming the URI when it cannot be
+    listed or copied."""
     if not is_remote(uri):
         return uri
+    if listed and uri in listed:
+        base, name, digest = listed[uri]
+        local = _mirror_of(base)
+        with _locked(local.with_suffix(".lock")):
+            if (_read_marker(local) or {}).get("digest") == digest:
+                return str(local / name if name else local)
     try:
         fs, path = pafs.FileSystem.from_uri(uri)
         info = fs.get_file_info(path)
@@ -66,12 +79,20 @@ def localize(uri: str) -> str:
     if not listing:
         raise DataError(f"{uri}: the folder is empty")
     base = uri.split("://", 1)[0] + "://" + folder
-    local = cache_root() / hashlib.sha256(base.encode()).hexdigest()[:16]
+    name = "" if info.type == pafs.FileType.Directory else path.rsplit("/", 1)[1]
+    digest = hashlib.sha256(json.dumps(listing, sort_keys=True).encode()).hexdigest()[:16]
+    local = _mirror_of(base)
     with _locked(local.with_suffix(".lock")):
         marker = _read_marker(local)
-        if marker is None or marker.get("listing") != listing:
-            _build(base, local, listing, marker)
-    return str(local if info.type == pafs.FileType.Directory else local / path.rsplit("/", 1)[1])
+        if marker is None or marker.get("digest") != digest:
+            _build(base, local, listing, digest, marker)
+    _LISTED[uri] = [base, name, digest]
+    return str(local / name if name else local)
+
+
+def listed() -> dict[str, list]:
+    """What this process's `localize` calls saw, for the run's workers (`localize(uri, listed)`)."""
+    return {uri: list(entry) for uri, entry in _LISTED.items()}
 
 
 def is_image(name: str) -> bool:
@@ -112,7 +133,11 @@ def _read_marker(local: Path) -> dict | None:
     return None
 
 
-def _build(base: str, local: Path, listing: dict, old: dict | None) -> None:
+def _mirror_of(base: str) -> Path:
+    return cache_root() / hashlib.sha256(base.encode()).hexdigest()[:16]
+
+
+def _build(base: str, local: Path, listing: dict, digest: str, old: dict | None) -> None:
     """Build the mirror in a fresh folder and swap it in, so a reader never sees half of one."""
     staging = local.with_name(f".{local.name}.{uuid.uuid4().hex[:8]}")
     try:
@@ -120,7 +145,7 @@ def _build(base: str, local: Path, listing: dict, old: dict | None) -> None:
     except DataError:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    (staging / MARKER).write_text(json.dumps({"source": base, "listing": listing}))
+    (staging / MARKER).write_text(json.dumps({"source": base, "digest": digest, "listing": listing}))
     shutil.rmtree(local, ignore_errors=True)
     os.replace(staging, local)
 

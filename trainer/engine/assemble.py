@@ -4,6 +4,7 @@ the only function here that reads the config tree."""
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -61,10 +62,14 @@ class Job:
         return self.built.module
 
 
-def setup(cfg: VftConfig, rank: int, world: int, device: torch.device) -> Job:
+def setup(
+    cfg: VftConfig, rank: int, world: int, device: torch.device, data_listings: dict | None = None
+) -> Job:
+    """The worker's job. `data_listings`: the object-store listings the run's driver saw
+    (`remote_data.listed()`), so this machine's mirror is not listed again."""
     # object-store datasets: one mirror per machine, each worker fetching only its shard's images
     remote = is_remote(cfg.data.train)
-    cfg = cfg.with_data_paths(localize)
+    cfg = cfg.with_data_paths(functools.partial(localize, listed=data_listings))
     task = get_task(cfg.task)
     t, f, o, s = cfg.train, cfg.finetune, cfg.optim, cfg.schedule
     split = task.read_data(cfg)

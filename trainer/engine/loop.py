@@ -38,7 +38,7 @@ def train_worker(loop_config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     seed_everything(t.seed)  # every rank builds the same model (a LoRA resume rebuilds its base)
-    job = setup(cfg, rank, world, ray.train.torch.get_device())
+    job = setup(cfg, rank, world, ray.train.torch.get_device(), loop_config.get("data_listings"))
     with latest_checkpoint(ray.train.get_checkpoint(), ckpt.join(run_dir, "last")) as directory:
         if directory is not None:
             restore(job, directory)
