@@ -226,7 +226,7 @@ def serve_ratio(run_dir: Path, size: int, seconds: float, direct: float) -> dict
     ray.init(address="local", num_cpus=4, log_to_driver=False, configure_logging=False)
     port = 18000 + np.random.default_rng().integers(0, 1000)
     serve.start(http_options={"host": "127.0.0.1", "port": int(port)})
-    args = ServeArgs(run_dir=str(run_dir), backend="onnx", max_batch_size=32, batch_wait_timeout_s=0.01,
+    args = ServeArgs(run_dir=str(run_dir), backend="onnx", max_batch_size=32,
                      threads=torch.get_num_threads())  # fmt: skip
     options = {"max_ongoing_requests": 64, "ray_actor_options": {"num_cpus": 1}}
     serve.run(build_local_app(args, 1, None, options), name="bench", route_prefix="/")

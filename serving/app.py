@@ -65,7 +65,9 @@ class ServeArgs(BaseModel):
     )
     backend: BackendName = "onnx"
     max_batch_size: int = Field(32, ge=1, le=1024)
-    batch_wait_timeout_s: float = Field(0.01, ge=0.0, le=5.0)
+    batch_wait_timeout_s: float = Field(
+        0.1, ge=0.0, le=5.0, description="longest a batch waits for requests already being read or decoded"
+    )
     max_body_bytes: int = Field(20 * 2**20, ge=1024, description="largest image (a single request's body)")
     max_batch_images: int = Field(64, ge=1, le=1024, description="most images per batch request")
     max_batch_bytes: int = Field(100 * 2**20, ge=1024, description="largest /v1/predict/batch body")
@@ -137,6 +139,7 @@ class VftModel:
         # decoding runs on its own threads so that it never queues behind a batch's inference
         self.decode_pool = ThreadPoolExecutor(self.args.decode_threads, thread_name_prefix="vft-decode")
         self.infer_pool = ThreadPoolExecutor(1, thread_name_prefix="vft-infer")
+        self.arriving = 0  # requests reading their body or being decoded: soon in a batch
         self.batch_sizes: Counter[int] = Counter()
         self.statuses: Counter[int] = Counter()
         self._metrics()
@@ -172,6 +175,22 @@ class VftModel:
     async def infer_encoded(self, items: list[Encoded]) -> list:
         return await self._run_batch(len(items), self.handler.run_encoded, items, self.decode_on)
 
+    async def _decoded(self, decode, data: bytes):
+        """`decode(data)` on a decode thread, counted as arriving until it is done."""
+        self.arriving += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.decode_pool, decode, data)
+        finally:
+            self.arriving -= 1
+
+    async def _batched(self, batched, item):
+        """`item` into `batched`'s next batch. That batch waits up to `batch_wait_timeout_s` only
+        while other requests are arriving (reading their body or being decoded: they reach the
+        queue within milliseconds); with none on the way it runs at once, so a lone request
+        never waits for company that is not coming (Serve reads the wait when a batch starts)."""
+        batched.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s if self.arriving else 0.0)
+        return await batched(item)
+
     def _answer(self, status: int, body: dict) -> JSONResponse:
         self.statuses[status] += 1
         self.status_metric.inc(tags={"status": str(status)})
@@ -183,15 +202,14 @@ class VftModel:
         try:
             if isinstance(data, RequestError):
                 raise data
-            loop = asyncio.get_running_loop()
             if self.decode_on is not None:
-                item = await loop.run_in_executor(self.decode_pool, self.read, data)
-                output, size = await self.infer_encoded(item), item.size
+                item = await self._decoded(self.read, data)
+                output, size = await self._batched(self.infer_encoded, item), item.size
                 if isinstance(output, BadImageError):
                     raise output
             else:
-                image, size = await loop.run_in_executor(self.decode_pool, self.prepare, data)
-                output = await self.infer(image)
+                image, size = await self._decoded(self.prepare, data)
+                output = await self._batched(self.infer, image)
             return 200, self.handler.answer(output, size)
         except RequestError as exc:
             return exc.status, {"error": str(exc)}
@@ -202,12 +220,15 @@ class VftModel:
 
     @api.post("/v1/predict", summary="Predict one image (raw image body or multipart field 'file')")
     async def predict(self, request: Request):
+        self.arriving += 1
         try:
             data = await image_bytes(request, self.args.max_body_bytes)
         except RequestError as exc:
             return self._answer(exc.status, {"error": str(exc)})
         except Exception:  # noqa: BLE001 - e.g. the client went away mid-body
             return self._answer(*internal_error())
+        finally:
+            self.arriving -= 1
         return self._answer(*await self._predict_one(data))
 
     @api.post(

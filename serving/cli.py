@@ -194,7 +194,10 @@ def serve(
     replicas: Annotated[int, typer.Option(min=1, help="replicas (without --max-replicas)")] = 1,
     max_replicas: Annotated[int, typer.Option(min=0, help="autoscale 1..N replicas (0: off)")] = 0,
     max_batch_size: Annotated[int, typer.Option(min=1)] = 32,
-    batch_wait_ms: Annotated[float, typer.Option(min=0, help="longest wait to fill a batch")] = 10.0,
+    batch_wait_ms: Annotated[
+        float,
+        typer.Option(min=0, help="longest wait for requests still being read or decoded to join a batch"),
+    ] = 100.0,
     decode: Annotated[
         Decode, typer.Option(help="request images: gpu decodes batches of JPEGs on the model's GPU")
     ] = Decode.auto,

@@ -106,14 +106,30 @@ def replica(handler_class=ClassificationHandler, **args):
     model.batch_metric = model.status_metric = Metric()
     model.decode_on = None  # decode threads (Pillow); a test may set a device
 
-    async def infer(image):
-        return model.handler.run(model.backend, [image])[0]
-
-    async def infer_encoded(item):
-        return model.handler.run_encoded(model.backend, [item], model.decode_on)[0]
-
-    model.infer, model.infer_encoded = infer, infer_encoded
+    model.arriving = 0
+    model.infer = Batched(model, lambda image: model.handler.run(model.backend, [image])[0])
+    model.infer_encoded = Batched(
+        model, lambda item: model.handler.run_encoded(model.backend, [item], model.decode_on)[0]
+    )
     return model
+
+
+class Batched:
+    """Stands in for a `@serve.batch` method: each item is its own batch; records the wait each
+    batch was given and how many requests were still arriving when it was."""
+
+    def __init__(self, model, run):
+        self.model, self.run, self.waits, self.arriving = model, run, [], []
+        self.wait = None
+
+    def set_batch_wait_timeout_s(self, seconds: float) -> None:
+        self.wait = seconds
+
+    async def __call__(self, item):
+        self.waits.append(self.wait)
+        self.arriving.append(self.model.arriving)
+        await asyncio.sleep(0.01)  # the batch's run: others may arrive meanwhile
+        return self.run(item)
 
 
 def answer(response) -> tuple[int, dict]:
@@ -249,3 +265,20 @@ def test_with_device_decoding_a_bad_image_fails_alone_and_limits_still_hold():
     model.args = ServeArgs(run_dir="unused", allowed_formats=["JPEG", "PNG"])
     status, out = answer(asyncio.run(model.predict(request(tiff.getvalue(), "image/tiff"))))
     assert status == 415 and "TIFF" in out["error"]
+
+
+def test_a_batch_waits_only_while_other_requests_are_arriving():
+    """A lone request's batch starts at once; with others reading or decoding, a batch waits
+    up to batch_wait_timeout_s for them."""
+    model = replica(batch_wait_timeout_s=0.2)
+    assert answer(asyncio.run(model.predict(request(png(), "image/png"))))[0] == 200
+    assert model.infer.waits == [0.0] and model.infer.arriving == [0]
+
+    async def burst():
+        return await asyncio.gather(*(model.predict(request(png(), "image/png")) for _ in range(6)))
+
+    assert [answer(r)[0] for r in asyncio.run(burst())] == [200] * 6
+    waits, arriving = model.infer.waits[1:], model.infer.arriving[1:]
+    assert all(w == (0.2 if a else 0.0) for w, a in zip(waits, arriving, strict=True))
+    assert 0.2 in waits and waits[-1] == 0.0  # the last of the burst has nobody behind it
+    assert model.arriving == 0
