@@ -45,12 +45,16 @@ class CocoIndex:
         """(width, height) from the entry, else from the image's header."""
         if "width" in img and "height" in img:
             return int(img["width"]), int(img["height"])
-        path = self.image_path(img)
-        try:
-            with Image.open(header(path)) as opened:
-                return opened.size
-        except OSError as exc:
-            raise DataError(f"{path}: cannot read image ({exc})") from exc
+        return image_size(self.image_path(img))
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the image's header (a ranged read for an object-store placeholder)."""
+    try:
+        with Image.open(header(path)) as opened:
+            return opened.size
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read image ({exc})") from exc
 
 
 def load_coco(path: str | Path) -> CocoIndex:

@@ -15,13 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
-from trainer.components.coco import COCO_FILE, load_coco
+from trainer.components.coco import COCO_FILE, image_size, load_coco
 from trainer.components.loader import JointDataset
-from trainer.components.remote_data import header
 from trainer.components.yolo import label_lines, yolo_classes
 from trainer.errors import DataError
 from trainer.registry import DATASET_FORMATS
@@ -129,14 +127,6 @@ def read_coco(path: str | Path) -> BoxSamples:
     return BoxSamples(files, boxes, labels, [str(c["name"]) for c in coco.categories], dropped)
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    try:
-        with Image.open(header(path)) as img:
-            return img.size
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read image ({exc})") from exc
-
-
 # ----------------------------------------------------------------------------- YOLO
 
 
@@ -152,7 +142,7 @@ def read_yolo(path: str | Path) -> BoxSamples:
         raise DataError(f"{root / 'images'}: no images")
     boxes, labels, dropped = [], [], 0
     for image in images:
-        b, lab, d = _read_yolo_labels(root / "labels" / f"{image.stem}.txt", _image_size(image), len(classes))
+        b, lab, d = _read_yolo_labels(root / "labels" / f"{image.stem}.txt", image_size(image), len(classes))
         boxes.append(b)
         labels.append(lab)
         dropped += d
