@@ -1,12 +1,14 @@
-"""Detection training-step throughput: vft's step (its detector factory, parameter groups with
-no-decay, timm optimizer, LR schedule, TrainStep with the weighted detector loss, autocast and
-GradScaler bookkeeping) against the plain loop of torchvision's detection references
-(`references/detection/engine.py`: SGD over trainable parameters, autocast, sum of the loss
-dict, backward, step) on the same model, images and boxes, in one process. Rounds alternate.
+"""Detection and instance segmentation training-step throughput: vft's step (its detector or
+Mask R-CNN factory, parameter groups with no-decay, timm optimizer, LR schedule, TrainStep with
+the weighted loss, autocast and GradScaler bookkeeping) against the plain loop of torchvision's
+detection references (`references/detection/engine.py`: SGD over trainable parameters,
+autocast, sum of the loss dict, backward, step) on the same model, images, boxes (and masks),
+in one process. Rounds alternate.
 
-    python bench/det_step.py                  # CPU: fcos_timm_resnet10t, 128 px, batch 8
+    python bench/det_step.py                  # CPU: fcos_ and maskrcnn_timm_resnet10t, 128 px, batch 8
     python bench/det_step.py --models fasterrcnn_mobilenet_v3_large_320_fpn   # slow on CPU
-    python bench/det_step.py --device cuda    # GPU: fasterrcnn_resnet50_fpn_v2, retinanet_resnet50_fpn_v2
+    python bench/det_step.py --device cuda    # GPU: fasterrcnn_resnet50_fpn_v2, retinanet_resnet50_fpn_v2,
+                                              # maskrcnn_resnet50_fpn_v2
 
 The last line is one JSON object; ratio = project img/s / plain img/s (higher is better).
 """
@@ -32,13 +34,20 @@ from trainer.components.schedules import ScheduleSpec, create_schedule  # noqa: 
 from trainer.engine.step import TrainStep  # noqa: E402
 from trainer.tasks.detection.model import create_detector  # noqa: E402
 from trainer.tasks.detection.task import DetectionLoss  # noqa: E402
+from trainer.tasks.instance_segmentation.model import create_instance_model  # noqa: E402
+from trainer.tasks.instance_segmentation.task import MaskRcnnLoss  # noqa: E402
 
 LR, WD, NUM_CLASSES = 0.01, 1e-4, 6
 
 
+def with_masks(name: str) -> bool:
+    return name.startswith("maskrcnn")
+
+
 def fresh_detector(name: str, size: int, device):
     torch.manual_seed(0)
-    built = create_detector(name, NUM_CLASSES, img_size=size)
+    create = create_instance_model if with_masks(name) else create_detector
+    built = create(name, NUM_CLASSES, img_size=size)
     built.module.to(device).train()
     return built
 
@@ -70,11 +79,13 @@ def project_step(name, size, device, precision, steps):
     groups = param_groups(built.module, param_layout(built), "full", [], LR, WD, None, 1.0)
     optimizer = create_optimizer(groups, "sgd", LR, WD, momentum=0.9, fused=device.type == "cuda")
     schedule = create_schedule("cosine", optimizer, ScheduleSpec(total_steps=steps, steps_per_epoch=steps))
-    return TrainStep(built.module, optimizer, DetectionLoss({}), device, precision, schedule=schedule)
+    loss = MaskRcnnLoss({}) if with_masks(name) else DetectionLoss({})
+    return TrainStep(built.module, optimizer, loss, device, precision, schedule=schedule)
 
 
-def synthetic_batches(batch: int, size: int, count: int, device):
-    """Images of varying sizes (0.75-1x `size`) with 1-5 boxes each, on `device`."""
+def synthetic_batches(batch: int, size: int, count: int, device, masks: bool = False):
+    """Images of varying sizes (0.75-1x `size`) with 1-5 boxes each (and with `masks`, an
+    ellipse inside each box), on `device`."""
     gen = torch.Generator().manual_seed(1)
     batches = []
     for _ in range(count):
@@ -87,13 +98,20 @@ def synthetic_batches(batch: int, size: int, count: int, device):
             wh = (0.1 + 0.3 * torch.rand(n, 2, generator=gen)) * torch.tensor([w, h])
             boxes = torch.cat([xy, xy + wh], 1)
             labels = torch.randint(1, NUM_CLASSES, (n,), generator=gen)
-            targets.append({"boxes": boxes.to(device), "labels": labels.to(device)})
+            target = {"boxes": boxes, "labels": labels}
+            if masks:
+                ys, xs = torch.arange(h).view(1, h, 1) + 0.5, torch.arange(w).view(1, 1, w) + 0.5
+                centre, half = (boxes[:, :2] + boxes[:, 2:]) / 2, (boxes[:, 2:] - boxes[:, :2]) / 2
+                dx = (xs - centre[:, 0].view(-1, 1, 1)) / half[:, 0].view(-1, 1, 1)
+                dy = (ys - centre[:, 1].view(-1, 1, 1)) / half[:, 1].view(-1, 1, 1)
+                target["masks"] = (dx**2 + dy**2 <= 1).to(torch.uint8)
+            targets.append({k: v.to(device) for k, v in target.items()})
         batches.append((images, targets))
     return batches
 
 
 def bench_model(name, args, device) -> dict:
-    batches = synthetic_batches(args.batch, args.size, 4, device) * (args.steps // 4)
+    batches = synthetic_batches(args.batch, args.size, 4, device, with_masks(name)) * (args.steps // 4)
     total = (args.warmup + args.steps) * args.rounds
     plain = plain_step(name, args.size, device, args.precision)
     project = project_step(name, args.size, device, args.precision, total)
@@ -139,9 +157,9 @@ def main() -> None:
     args = parser.parse_args()
     gpu = args.device == "cuda"
     defaults = {
-        "models": ["fasterrcnn_resnet50_fpn_v2", "retinanet_resnet50_fpn_v2"]
+        "models": ["fasterrcnn_resnet50_fpn_v2", "retinanet_resnet50_fpn_v2", "maskrcnn_resnet50_fpn_v2"]
         if gpu
-        else ["fcos_timm_resnet10t"],
+        else ["fcos_timm_resnet10t", "maskrcnn_timm_resnet10t"],
         "batch": 16 if gpu else 8,
         "size": 640 if gpu else 128,
         "precision": "bf16" if gpu else "fp32",

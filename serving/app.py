@@ -6,7 +6,8 @@ before reading it whole, the image's header before decoding it (pixels, format),
 task's handler (`Task.serve_handler`) prepares the input from the checkpoint's meta.json,
 `@serve.batch` gathers concurrent requests into one backend call, and the handler turns each
 output into the answer: classification the top-k labels, detection boxes in the image's pixels,
-segmentation a PNG mask (base64) at the image's size with per-class pixel fractions.
+segmentation a PNG mask (base64) at the image's size with per-class pixel fractions, instance
+segmentation one COCO RLE mask, box and score per object.
 `/v1/predict/batch` runs each of several images the same way (they meet in `@serve.batch`) and
 answers them in order, each with its own status. Bad input is answered (400, 413, 415), never
 raised; anything unexpected is a 500 carrying the request's id (its traceback logged once) and
@@ -74,7 +75,7 @@ class ServeArgs(BaseModel):
     max_pixels: int = Field(40_000_000, ge=1)
     allowed_formats: list[str] = ["JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF"]
     top_k: int = Field(5, ge=1)
-    score_threshold: float = Field(0.25, ge=0.0, le=1.0, description="detection: least box score returned")
+    score_threshold: float = Field(0.25, ge=0.0, le=1.0, description="boxes, objects: least score")
     threads: int | None = Field(None, ge=1, description="intra-op threads of the backend")
     decode_threads: int = Field(4, ge=1, le=64, description="threads decoding and preprocessing images")
     decode: Literal["auto", "cpu", "gpu"] = Field(

@@ -206,7 +206,7 @@ def serve(
     cpus_per_replica: Annotated[float, typer.Option(min=0)] = 1.0,
     address: Annotated[str | None, typer.Option(help="Ray cluster address (default: local cluster)")] = None,
     metrics_port: Annotated[int | None, typer.Option(help="local cluster: Prometheus metrics port")] = None,
-    score_threshold: Annotated[float, typer.Option(min=0, max=1, help="detection: least box score")] = 0.25,
+    score_threshold: Annotated[float, typer.Option(min=0, max=1, help="boxes, objects: least score")] = 0.25,
     tracking_uri: Annotated[str | None, typer.Option(help=TRACKING_HELP)] = None,
 ) -> None:
     """Serve RUN_DIR with Ray Serve: POST /v1/predict, GET /v1/model, /healthz, /docs. Ctrl-C stops."""

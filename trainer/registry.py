@@ -56,6 +56,7 @@ TASK_PACKAGES = (
     "trainer.tasks.classification",
     "trainer.tasks.detection",
     "trainer.tasks.segmentation",
+    "trainer.tasks.instance_segmentation",
 )
 TASKS = Registry("task", TASK_PACKAGES)
 DATASET_FORMATS = Registry("dataset format", TASK_PACKAGES)

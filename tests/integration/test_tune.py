@@ -255,29 +255,31 @@ def test_pbt_exploits_the_better_trials_checkpoint(ray_cluster, digits_dir, tmp_
     assert {row["status"] for row in results(tune_dir).values()} == {"TERMINATED"}
 
 
-# ----------------------------------------------------------------------------- detection
+# ----------------------------------------------------------------------------- other tasks
 
 
-def test_a_detection_sweep_runs_and_monitors_map50(ray_cluster, tmp_path):
-    """A real detection trial (loss-term weight and lr sampled) on generated shapes: the sweep
-    ranks by the task's monitor (ranking itself is the ASHA sweep's subject)."""
-    from trainer.tasks.detection.shapes import shapes_detection
+def test_an_instance_segmentation_sweep_monitors_mask_map(ray_cluster, tmp_path):
+    """A real trial of a task with its own loss terms and monitor (Mask R-CNN: the mask loss
+    weight and lr sampled) on generated shapes: the sweep ranks by the task's metric (ranking
+    itself is the ASHA sweep's subject). Detection sweeps take the same path (their shipped
+    space is checked against their config in tests/unit/tuner/test_space.py)."""
+    from trainer.tasks.instance_segmentation.shapes import shapes_instances
 
-    shapes_detection(tmp_path / "data", n_train=48, n_val=16, size=48, seed=2)
-    params = {"optim.lr": {"loguniform": [1e-3, 5e-3]}, "loss.weights.classification": {"uniform": [0.5, 2]}}
+    shapes_instances(tmp_path / "data", n_train=32, n_val=8, size=48, seed=2)
+    params = {"optim.lr": {"loguniform": [1e-3, 3e-3]}, "loss.weights.loss_mask": {"uniform": [0.5, 2]}}
     space = write_space(tmp_path / "space.yaml", {"num_samples": 1, "seed": 0, "scheduler": {"name": "fifo"},
                                                   "params": params})  # fmt: skip
     data = [f"data.train={tmp_path}/data/train", f"data.val={tmp_path}/data/val"]
     result = vft(
-        "tune", ROOT / "configs/shapes_detection.yaml", "--space", space, *data,
-        f"run.storage={tmp_path}/runs", "train.epochs=1", "data.num_workers=0", "scaling.num_workers=1",
-        "track.backend=none", "--name", "det", "--quiet",
+        "tune", ROOT / "configs/shapes_instances.yaml", "--space", space, *data,
+        f"run.storage={tmp_path}/runs", "train.epochs=1", "data.img_size=48", "data.num_workers=0",
+        "scaling.num_workers=1", "track.backend=none", "--name", "inst", "--quiet",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    tune_dir = tmp_path / "runs" / "det" / "tune"
+    tune_dir = tmp_path / "runs" / "inst" / "tune"
     rows = results(tune_dir)
-    assert len(rows) == 1 and all(0.0 <= float(r["val/map50"]) <= 1.0 for r in rows.values())
+    assert len(rows) == 1 and all(0.0 <= float(r["val/mask_map50"]) <= 1.0 for r in rows.values())
     best = yaml.safe_load((tune_dir / "best_config.yaml").read_text())
-    assert best["task"] == "detection" and 0.5 <= best["loss"]["weights"]["classification"] <= 2
-    meta = yaml.safe_load((tune_dir / "best" / "best" / "meta.json").read_text())  # a run-dir layout
-    assert meta["task"] == "detection" and meta["monitor"]["metric"] == "val/map50"
+    assert best["task"] == "instance_segmentation" and 0.5 <= best["loss"]["weights"]["loss_mask"] <= 2
+    meta = yaml.safe_load((tune_dir / "best" / "best" / "meta.json").read_text())
+    assert meta["task"] == "instance_segmentation" and meta["monitor"]["metric"] == "val/mask_map50"

@@ -40,7 +40,8 @@ def data_shapes(
     seed: int = 0,
 ) -> None:
     """Generated shapes on textured backgrounds in the task's dataset layout: ImageFolder
-    (classification), COCO instances JSON + images/ (detection) or mask folders (segmentation:
+    (classification), COCO instances JSON + images/ (detection; instance_segmentation, with an
+    RLE mask per object, shapes touching and overlapping) or mask folders (segmentation:
     images/, masks/ of class indices, classes.txt)."""
     counts = get_task(task.value).write_example_data(out_dir, n_train, n_val, size, seed)
     out.print(f"wrote {counts['train']} train and {counts['val']} val images ({task.value}) to {out_dir}")
@@ -62,7 +63,7 @@ def data_shift(
 def data_prepare(
     src: Annotated[
         Path,
-        typer.Argument(help="a dataset folder: ImageFolder/CSV, COCO or YOLO detection, mask folders"),
+        typer.Argument(help="a dataset folder: ImageFolder/CSV, COCO or YOLO, mask folders"),
     ],
     out_dir: Annotated[Path, typer.Option("--out", help="output folder")],
     size: Annotated[int, typer.Option(min=8, help="the model's input size")] = 224,

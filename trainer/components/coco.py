@@ -106,18 +106,24 @@ def check_segmentation(ann: dict, width: int, height: int, where: str) -> None:
         raise DataError(f"{where}: segmentation must be a list of polygons or an RLE {{size, counts}}")
 
 
-def annotation_mask(ann: dict, width: int, height: int, where: str) -> np.ndarray:
-    """The annotation's object as an (H, W) bool mask, drawn as COCO draws it (pycocotools)."""
+def annotation_rle(ann: dict, width: int, height: int, where: str) -> dict:
+    """The annotation's object as one compressed RLE (pycocotools' encoding, `counts` bytes)."""
     check_segmentation(ann, width, height, where)
     seg = ann["segmentation"]
     if isinstance(seg, list):
-        rle = mask_utils.merge(mask_utils.frPyObjects([[float(v) for v in p] for p in seg], height, width))
-    elif isinstance(seg["counts"], list):
-        rle = mask_utils.frPyObjects(seg, height, width)
-    else:
-        rle = {"size": seg["size"], "counts": seg["counts"]}
-        if isinstance(rle["counts"], str):
-            rle["counts"] = rle["counts"].encode()
+        return mask_utils.merge(mask_utils.frPyObjects([[float(v) for v in p] for p in seg], height, width))
+    if isinstance(seg["counts"], list):
+        try:
+            return mask_utils.frPyObjects(seg, height, width)
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"{where}: cannot read the RLE ({exc})") from exc
+    counts = seg["counts"]
+    return {"size": list(seg["size"]), "counts": counts.encode() if isinstance(counts, str) else counts}
+
+
+def annotation_mask(ann: dict, width: int, height: int, where: str) -> np.ndarray:
+    """The annotation's object as an (H, W) bool mask, drawn as COCO draws it (pycocotools)."""
+    rle = annotation_rle(ann, width, height, where)
     try:
         decoded = mask_utils.decode(rle)
     except (TypeError, ValueError) as exc:
@@ -136,9 +142,41 @@ def _check_polygon(polygon, width: int, height: int, where: str) -> None:
     x, y = points[:, 0], points[:, 1]
     if x.min() < -1 or y.min() < -1 or x.max() > width + 1 or y.max() > height + 1:
         raise DataError(f"{where}: polygon point outside the {width}x{height} image")
+    crossing = _crossing_edges(points)
+    if crossing:
+        (a, b), (c, d) = crossing
+        raise DataError(
+            f"{where}: self-intersecting polygon (edge {a}-{b} crosses edge {c}-{d}, points counted "
+            "from 0); fix it in the labelling tool or split it into one polygon per part"
+        )
     area = 0.5 * abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1)))  # shoelace
     if area < 1e-6:
         raise DataError(f"{where}: degenerate polygon (no area)")
+
+
+def _crossing_edges(points: np.ndarray) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """The first pair of non-adjacent edges of the closed polygon that cross each other
+    properly (touching at a point is allowed), or None."""
+    n = len(points)
+    if n < 4:
+        return None
+    start, end = points, np.roll(points, -1, axis=0)
+
+    def side(p, q, r):  # sign of the turn p -> q -> r, for every pair (i, j)
+        return np.sign(
+            (q[..., 0] - p[..., 0]) * (r[..., 1] - p[..., 1])
+            - (q[..., 1] - p[..., 1]) * (r[..., 0] - p[..., 0])
+        )
+
+    a, b = start[:, None], end[:, None]
+    c, d = start[None, :], end[None, :]
+    crosses = (side(a, b, c) * side(a, b, d) < 0) & (side(c, d, a) * side(c, d, b) < 0)
+    i, j = np.triu_indices(n, k=2)
+    hits = np.flatnonzero(crosses[i, j] & ((j + 1) % n != i))  # edge n-1 and edge 0 are adjacent
+    if not len(hits):
+        return None
+    x, y = int(i[hits[0]]), int(j[hits[0]])
+    return (x, (x + 1) % n), (y, (y + 1) % n)
 
 
 def semantic_mask(index: CocoIndex, image_id: int, ignore_index: int) -> np.ndarray:

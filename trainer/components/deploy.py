@@ -5,6 +5,7 @@ backend outputs, and labelled batches in the form backends take."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,12 +16,26 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from trainer.components.loader import make_loader
+from trainer.components import robustness as R
+from trainer.components.loader import ListCollate, make_loader
+from trainer.errors import DataError
 
 BATCH = "batch"  # one float32 (N, 3, H, W) array, preprocessed as meta.json says
 IMAGES = "images"  # a list of float32 (3, H, W) images in [0, 1], each of its own size
 
 Batches = list[tuple[Any, Any]]  # (backend input, targets) pairs
+MIN_SIDE = 32  # pixels across an image's shorter side after a detector's resize (one stride)
+
+
+def padded_shape(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
+    """(height, width) with the shorter side padded so that a torchvision detector's resize, by
+    min(min_size / shorter, max_size / longer), leaves it at least MIN_SIDE pixels: a very
+    elongated image (4000x3) would otherwise shrink to less than a pixel across."""
+    short, long = min(height, width), max(height, width)
+    if short * min(min_size / short, max_size / long) >= MIN_SIDE:
+        return height, width
+    need = min(long, math.ceil(MIN_SIDE * long / max_size))
+    return (need, width) if height < width else (height, need)
 
 
 @dataclass(frozen=True)
@@ -115,6 +130,40 @@ class TaskEval:
     def write_extras(self, report: dict, out: Path) -> list[str]:
         """Write the task's own plots of `report` to `out`; the markdown lines showing them."""
         return []
+
+
+class ImageListEval(TaskEval):
+    """`vft eval` for a task whose backends take a list of images of their own sizes (detectors,
+    Mask R-CNN): `read` a dataset in the task's layout, check its classes against the run's, run
+    it through `dataset_type` with the eval transform, score with the task's metrics; corrupt
+    image by image (image j of batch i with seed + IMAGE_SEEDS * i + j)."""
+
+    IMAGE_SEEDS = 1000
+
+    def __init__(self, task, meta: dict, transform: Callable, read: Callable, dataset_type: type):
+        self.task, self.meta, self.transform = task, meta, transform
+        self.read, self.dataset_type = read, dataset_type
+        self.metric = meta["monitor"]["metric"].removeprefix("val/")
+
+    def read_samples(self, path: Path) -> Any:
+        samples = self.read(path)
+        if samples.classes != self.meta["classes"]:
+            raise DataError(f"{path}: classes {samples.classes} differ from the run's {self.meta['classes']}")
+        return samples
+
+    def batches(self, samples: Any, batch_size: int) -> Batches:
+        return loader_batches(self.dataset_type(samples, self.transform), ListCollate(), batch_size)
+
+    def metrics(self) -> OutputMetrics:
+        return OutputMetrics(self.task.create_metrics(self.meta), self.task.metric_inputs)
+
+    def corrupt(self, inputs: list[np.ndarray], name: str, severity: int, seed: int, index: int) -> list:
+        return [
+            R.corrupt(torch.from_numpy(x)[None], name, severity, seed + self.IMAGE_SEEDS * index + j)[
+                0
+            ].numpy()
+            for j, x in enumerate(inputs)
+        ]
 
 
 def loader_batches(dataset: Dataset, collate: Callable, batch_size: int) -> Batches:

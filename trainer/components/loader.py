@@ -77,6 +77,18 @@ class JointDataset(Dataset):
         raise NotImplementedError
 
 
+class ListCollate:
+    """A batch of (image, target) pairs of any sizes as a list of images and a list of targets
+    (detectors resize and batch inside the model); skipped samples (None) dropped and counted."""
+
+    def __call__(self, batch):
+        good = [item for item in batch if item is not None]
+        skipped = len(batch) - len(good)
+        if not good:
+            return None, None, skipped
+        return [img for img, _ in good], [t for _, t in good], skipped
+
+
 # ----------------------------------------------------------------------------- samplers
 
 

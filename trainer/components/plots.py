@@ -138,12 +138,15 @@ def to_uint8(image) -> object:
 
 def upscale(image, boxes=None, masks=None, target: int = 192):
     """Small images scaled up (nearest) so labels stay readable; boxes scaled with them."""
+    import torch
     import torch.nn.functional as F
 
     factor = max(1, target // max(image.shape[-2:]))
     if factor == 1:
         return image, boxes, masks
     image = F.interpolate(image[None].float(), scale_factor=factor, mode="nearest")[0].to(image.dtype)
-    if masks is not None:
+    if masks is not None and len(masks):
         masks = F.interpolate(masks[None].float(), scale_factor=factor, mode="nearest")[0].bool()
+    elif masks is not None:  # no objects: an empty stack of the upscaled size
+        masks = masks.new_zeros((0, *image.shape[-2:]), dtype=torch.bool)
     return image, None if boxes is None else boxes * factor, masks

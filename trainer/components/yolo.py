@@ -11,10 +11,21 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from trainer.components.coco import annotation_mask, check_segmentation
+from trainer.components.coco import COCO_FILE, annotation_mask, check_segmentation
 from trainer.errors import DataError
 
 TOLERANCE = 0.01  # normalised coordinates may overshoot [0, 1] by this much (rounding in exports)
+
+
+def coco_or_yolo(path: str | Path) -> str | None:
+    """'coco' for a COCO instances JSON (or a folder holding annotations.json), 'yolo' for a
+    folder with images/ and labels/, else None."""
+    path = Path(path)
+    if path.suffix == ".json" or (path / COCO_FILE).is_file():
+        return "coco"
+    if (path / "images").is_dir() and (path / "labels").is_dir():
+        return "yolo"
+    return None
 
 
 def yolo_classes(root: Path) -> list[str]:

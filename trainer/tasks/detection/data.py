@@ -1,7 +1,6 @@
 """Detection data: COCO-format (an instances JSON + its images) and YOLO txt label folders,
 read into one sample list with boxes in image pixels (x1, y1, x2, y2); the dataset applying
-joint image+box transforms (torchvision.transforms.v2 with tv_tensors.BoundingBoxes) and its
-collate for variable-size images.
+joint image+box transforms (torchvision.transforms.v2 with tv_tensors.BoundingBoxes).
 
 Bad annotations are errors naming the file and the entry: a box outside its image (beyond a
 one-pixel tolerance; within it boxes are clamped), an unknown category or class id, an
@@ -20,7 +19,7 @@ from torchvision.transforms.v2 import functional as F
 
 from trainer.components.coco import COCO_FILE, image_size, load_coco
 from trainer.components.loader import JointDataset
-from trainer.components.yolo import label_lines, yolo_classes
+from trainer.components.yolo import coco_or_yolo, label_lines, yolo_classes
 from trainer.errors import DataError
 from trainer.registry import DATASET_FORMATS
 
@@ -49,19 +48,8 @@ class BoxSamples:
         )
 
 
-def detection_format(path: str | Path) -> str | None:
-    """'coco' for an instances JSON (or a folder holding annotations.json), 'yolo' for a folder
-    with images/ and labels/, else None."""
-    path = Path(path)
-    if path.suffix == ".json" or (path / COCO_FILE).is_file():
-        return "coco"
-    if (path / "images").is_dir() and (path / "labels").is_dir():
-        return "yolo"
-    return None
-
-
 def read_detection(path: str | Path, fmt: str = "auto") -> BoxSamples:
-    fmt = detection_format(path) if fmt == "auto" else fmt
+    fmt = coco_or_yolo(path) if fmt == "auto" else fmt
     if fmt is None:
         raise DataError(
             f"{path}: not a detection dataset (a COCO instances .json, a folder with {COCO_FILE} "
@@ -192,14 +180,3 @@ class BoxDataset(JointDataset):
             "boxes": target["boxes"].as_subclass(torch.Tensor).float(),
             "labels": target["labels"],
         }
-
-
-class BoxCollate:
-    """Lists of images (any sizes) and target dicts; drops and counts skipped samples."""
-
-    def __call__(self, batch):
-        good = [item for item in batch if item is not None]
-        skipped = len(batch) - len(good)
-        if not good:
-            return None, None, skipped
-        return [img for img, _ in good], [t for _, t in good], skipped

@@ -11,16 +11,14 @@ and returns boxes in the input's pixels.
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 
 import timm
-import torch
 import torchvision.models as tvm
 from torch import nn
 from torchvision.models import detection as tvd
-from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7
 
-from trainer.components.models import BuiltModel, dynamic_size_kwargs, load_weights, read_weights
+from trainer.components.models import BuiltModel, load_weights, read_weights
+from trainer.components.timm_fpn import timm_fpn, timm_normalization
 from trainer.errors import WeightsError
 
 TORCHVISION_DETECTORS = {
@@ -183,48 +181,14 @@ def _replace_class_head(model: nn.Module, family: str, num_classes: int, builder
 # ----------------------------------------------------------------------------- timm backbones
 
 
-class TimmFpn(nn.Module):
-    """A timm encoder's feature maps through torchvision's FeaturePyramidNetwork."""
-
-    def __init__(self, encoder: nn.Module, out_channels: int, extra: nn.Module):
-        super().__init__()
-        self.body = encoder
-        self.fpn = FeaturePyramidNetwork(encoder.feature_info.channels(), out_channels, extra_blocks=extra)
-        self.out_channels = out_channels
-
-    def forward(self, x: torch.Tensor) -> OrderedDict:
-        features = self.body(x)
-        if str(getattr(self.body, "output_fmt", "NCHW")).endswith("NHWC"):  # Swin's feature maps
-            features = [f.permute(0, 3, 1, 2) for f in features]
-        return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(features)))
-
-
 def _build_timm(name: str, family: str, num_classes: int, pretrained: bool, size: dict) -> nn.Module:
-    encoder_name = name.partition(TIMM_MARK)[2]
-    try:
-        # images of any size reach the encoder (resized by aspect, padded to 32): size-dependent
-        # encoders (ViT, Swin) resample their position embeddings or pad their windows per input
-        dynamic = dynamic_size_kwargs(encoder_name)
-        # the top levels: Faster R-CNN 4 (strides 4..32 on a CNN) + max-pool level, RetinaNet/FCOS
-        # 3 (8..32) + P6/P7; a ViT's are its last blocks
-        with torch.device("meta"):
-            levels = len(timm.create_model(encoder_name, features_only=True, **dynamic).feature_info)
-        count = 4 if family == "fasterrcnn" else 3
-        indices = tuple(range(max(levels - count, 0), levels))
-        encoder = timm.create_model(
-            encoder_name, pretrained=pretrained, features_only=True, out_indices=indices, **dynamic
-        )
-    except (OSError, RuntimeError, ValueError, IndexError) as exc:
-        if not pretrained:
-            raise ValueError(
-                f"model.name: '{encoder_name}' cannot serve as a detection backbone ({exc})"
-            ) from exc
-        raise WeightsError(f"model.weights: cannot load hub weights for '{encoder_name}' ({exc})") from exc
-    channels = 256 if family == "fasterrcnn" else 128
-    extra = LastLevelMaxPool() if family == "fasterrcnn" else LastLevelP6P7(channels, channels)
-    backbone = TimmFpn(encoder, channels, extra)
+    # the top levels: Faster R-CNN 4 (strides 4..32 on a CNN) + max-pool level, RetinaNet/FCOS
+    # 3 (8..32) + P6/P7; a ViT's are its last blocks
+    encoder = name.partition(TIMM_MARK)[2]
+    if family == "fasterrcnn":
+        backbone = timm_fpn(encoder, pretrained, levels=4, channels=256, p6p7=False)
+    else:
+        backbone = timm_fpn(encoder, pretrained, levels=3, channels=128, p6p7=True)
     size = size or {"min_size": 800, "max_size": 1333}
-    data = timm.data.resolve_data_config({}, model=encoder)
-    norm = {"image_mean": list(data["mean"]), "image_std": list(data["std"])}
     detector = {"fasterrcnn": tvd.FasterRCNN, "retinanet": tvd.RetinaNet, "fcos": tvd.FCOS}[family]
-    return detector(backbone, num_classes=num_classes, **size, **norm)
+    return detector(backbone, num_classes=num_classes, **size, **timm_normalization(backbone))

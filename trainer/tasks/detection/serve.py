@@ -4,29 +4,17 @@ pixels, those under the score threshold left out.
 
 A very elongated image (4000x3) would shrink to less than a pixel across inside the detector
 (its resize keeps the aspect and caps the longer side at max_size): its shorter side is padded
-with black, at the bottom or right, so it keeps `MIN_SIDE` pixels there; boxes stay in the
-image's own pixels and are clipped to it."""
+with black, at the bottom or right, so it keeps `MIN_SIDE` pixels there (components/deploy.py
+`padded_shape`); boxes stay in the image's own pixels and are clipped to it."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import numpy as np
 from PIL import Image
 
-MIN_SIDE = 32  # pixels across the shorter side after the detector's resize (one stride of 32)
-
-
-def padded_shape(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
-    """(height, width) with the shorter side padded so that the detector's resize, by
-    min(min_size / shorter, max_size / longer), leaves it at least MIN_SIDE pixels."""
-    short, long = min(height, width), max(height, width)
-    scale = min(min_size / short, max_size / long)
-    if short * scale >= MIN_SIDE:
-        return height, width
-    need = min(long, math.ceil(MIN_SIDE * long / max_size))
-    return (need, width) if height < width else (height, need)
+from trainer.components.deploy import padded_shape
 
 
 class DetectionHandler:

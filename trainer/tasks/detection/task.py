@@ -11,13 +11,14 @@ import torch
 from torchvision.transforms import v2 as T
 
 from trainer.components.deploy import IMAGES, OnnxGraph, Thresholds
+from trainer.components.loader import ListCollate
 from trainer.components.models import BuiltModel
 from trainer.errors import DataError
 from trainer.registry import filter_names
 from trainer.tasks.base import DataSplit, Task, split_samples
 from trainer.tasks.detection import export
 from trainer.tasks.detection.config import DetectionConfig
-from trainer.tasks.detection.data import BoxCollate, BoxDataset, BoxSamples, read_detection
+from trainer.tasks.detection.data import BoxDataset, BoxSamples, read_detection
 from trainer.tasks.detection.evaluate import DetectionEval
 from trainer.tasks.detection.metrics import DetectionMetrics
 from trainer.tasks.detection.model import create_detector, detector_source, list_detectors, rebuild_detector
@@ -107,14 +108,14 @@ class Detection(Task):
     def build_datasets(self, cfg, split: DataSplit, prep, encoded: bool = False):
         d = cfg.data
         common = {"max_pixels": d.max_image_pixels, "skip_bad": d.skip_bad_images, "encoded": encoded}
-        common["collate"] = BoxCollate()
+        common["collate"] = ListCollate()
         return (
             BoxDataset(split.train, detection_train_transform(d.augment), **common),
             BoxDataset(split.val, detection_eval_transform(), **common),
         )
 
-    def collate(self, cfg, num_classes: int, train: bool) -> BoxCollate:
-        return BoxCollate()
+    def collate(self, cfg, num_classes: int, train: bool) -> ListCollate:
+        return ListCollate()
 
     # -- model
     def build_model(self, cfg, num_classes: int) -> BuiltModel:
