@@ -158,12 +158,11 @@ class ImageListEval(TaskEval):
         return OutputMetrics(self.task.create_metrics(self.meta), self.task.metric_inputs)
 
     def corrupt(self, inputs: list[np.ndarray], name: str, severity: int, seed: int, index: int) -> list:
-        return [
-            R.corrupt(torch.from_numpy(x)[None], name, severity, seed + self.IMAGE_SEEDS * index + j)[
-                0
-            ].numpy()
-            for j, x in enumerate(inputs)
-        ]
+        corrupted = []
+        for j, x in enumerate(inputs):
+            image_seed = seed + self.IMAGE_SEEDS * index + j
+            corrupted.append(R.corrupt(torch.from_numpy(x)[None], name, severity, image_seed)[0].numpy())
+        return corrupted
 
 
 def loader_batches(dataset: Dataset, collate: Callable, batch_size: int) -> Batches:
