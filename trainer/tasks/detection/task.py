@@ -13,6 +13,7 @@ from torchvision.transforms import v2 as T
 from trainer.components.deploy import IMAGES, OnnxGraph, Thresholds
 from trainer.components.loader import ListCollate
 from trainer.components.models import BuiltModel
+from trainer.components.parity import box_failures, box_parity
 from trainer.errors import DataError
 from trainer.registry import filter_names
 from trainer.tasks.base import DataSplit, Task, split_samples
@@ -188,10 +189,10 @@ class Detection(Task):
         return export.onnx_graph(model, meta)
 
     def parity(self, reference: list, outputs: list) -> dict:
-        return export.box_parity(reference, outputs)
+        return box_parity(reference, outputs)
 
     def parity_failures(self, result: dict, exact: bool, thresholds: Thresholds) -> list[str]:
-        return export.box_failures(result, exact, thresholds)
+        return box_failures(result, exact, thresholds)
 
     def serve_handler(self, meta: dict, top_k: int, score_threshold: float) -> DetectionHandler:
         return DetectionHandler(meta, score_threshold, detection_eval_transform())

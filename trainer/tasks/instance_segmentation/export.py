@@ -2,9 +2,9 @@
 post-processing included, as the ONNX graph through torch.onnx's TorchScript exporter (the dynamo
 exporter does not trace torchvision's detection heads): one image `image` (3, H, W) of any size
 in; `boxes` (x1, y1, x2, y2 in the image's pixels), `labels` (class i is label i + 1), `scores`
-and `masks` ((N, H, W) probabilities at the image's size) out. Parity with PyTorch: the images
-whose object count agrees, their labels, the largest box difference and the lowest IoU of an
-object's mask between the two. FP32 ONNX only."""
+and `masks` ((N, H, W) probabilities at the image's size) out. Parity with PyTorch:
+components/parity.py's box parity and the lowest IoU of an object's mask between the two. FP32
+ONNX only."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ import torch
 from torch import nn
 
 from trainer.components.deploy import ExportSpec, OnnxGraph, Thresholds
+from trainer.components.parity import box_failures, box_parity
+from trainer.tasks.instance_segmentation.metrics import MASK_THRESHOLD
 
 SPEC = ExportSpec(
     formats=("onnx",), default_formats=("onnx",), unsupported="instance segmentation exports ONNX (FP32) only"
 )
 INPUT, OUTPUTS = "image", ("boxes", "labels", "scores", "masks")
-MIN_BOX_DIFF = 1e-2  # boxes are in pixels: the largest difference never gates below this
-MASK_THRESHOLD = 0.5
 
 
 def graph_outputs(model: nn.Module, images: list[torch.Tensor]) -> list[tuple[torch.Tensor, ...]]:
@@ -61,29 +61,18 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def instance_parity(reference: list[list], outputs: list[list]) -> dict:
-    """`reference` and `outputs`: per backend call, per image (boxes, labels, scores, masks)."""
+    """The box parity plus, over the images whose object count agrees, the lowest IoU of an
+    object's mask between the two. Per backend call, per image (boxes, labels, scores, masks)."""
     ref = [image for call in reference for image in call]
     out = [image for call in outputs for image in call]
-    same = [(r, o) for r, o in zip(ref, out, strict=True) if len(r[0]) == len(o[0])]
-    diffs = [float(np.abs(r[0] - o[0]).max()) for r, o in same if len(r[0])]
-    labels = [bool((r[1] == o[1]).all()) for r, o in same]
-    ious = [float(mask_iou(r[3], o[3]).min()) for r, o in same if len(r[0])]
-    return {
-        "count_agreement": len(same) / max(len(ref), 1),
-        "label_agreement": sum(labels) / max(len(ref), 1),
-        "max_abs_box_diff": max(diffs, default=0.0),
-        "min_mask_iou": min(ious, default=1.0),
-    }
+    ious = [
+        float(mask_iou(r[3], o[3]).min()) for r, o in zip(ref, out, strict=True) if len(r[0]) == len(o[0]) > 0
+    ]
+    return {**box_parity(reference, outputs), "min_mask_iou": min(ious, default=1.0)}
 
 
 def instance_failures(result: dict, exact: bool, t: Thresholds) -> list[str]:
-    failed = []
-    if result["count_agreement"] < t.min_agreement:
-        failed.append(f"object count agrees on {result['count_agreement']:.4f} of images < {t.min_agreement}")
-    if result["max_abs_box_diff"] > max(t.max_abs_diff, MIN_BOX_DIFF):
-        failed.append(f"max abs box diff {result['max_abs_box_diff']:.2e} px")
+    failed = box_failures(result, exact, t)
     if result["min_mask_iou"] < t.min_agreement:
         failed.append(f"an object's mask IoU with torch is {result['min_mask_iou']:.4f} < {t.min_agreement}")
-    if -result["metric_delta"] > t.max_metric_drop:
-        failed.append(f"{result['metric']} drops {-result['metric_delta']:.4f} > {t.max_metric_drop}")
     return failed

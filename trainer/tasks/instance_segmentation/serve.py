@@ -15,8 +15,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from trainer.components.deploy import padded_shape
-
-MASK_THRESHOLD = 0.5
+from trainer.tasks.instance_segmentation.metrics import MASK_THRESHOLD
 
 
 def rle(mask: np.ndarray) -> dict:
