@@ -39,11 +39,6 @@ from trainer.engine.progress import ProgressBoard
 
 console = Console(stderr=True)
 PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
-# How often a Train controller polls its workers (Ray's default: every 2 s, sized for clusters of
-# hundreds of workers). A run on this machine's own cluster has a few: polled every 0.2 s, a run
-# ends about 2 s sooner after its last epoch (docs/testing.md, "Where the time goes").
-HEALTH_CHECK_INTERVAL = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
-LOCAL_HEALTH_CHECK_INTERVAL_S = "0.2"
 
 
 class RunFailed(errors.RunFailed):
@@ -84,7 +79,6 @@ def init_ray(address: str | None = None, **local_options) -> None:
         # nothing preempts this machine's own cluster: no PreemptionWatcher actor per Train run
         # (the processes the cluster starts inherit this; Ray Train passes it on to its workers)
         os.environ.setdefault(PREEMPTION_WATCHER, "0")
-        os.environ.setdefault(HEALTH_CHECK_INTERVAL, LOCAL_HEALTH_CHECK_INTERVAL_S)
         ray.init(address="local", log_to_driver=False, configure_logging=False, **local_options)
 
 
